@@ -1,0 +1,285 @@
+//! Every timer and size of the protocol, with RocketMQ's defaults (§6), validated once when built.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::wire::{JAVA_MAX_FRAME_SIZE, TRANSFER_HEADER_LEN};
+
+/// Where a master starts sending to a slave whose first report is 0, i.e. an empty slave (§3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive] // AutoSwitch's `syncFromLastFile` choice (§5.5) may add a variant
+pub enum StartPosition {
+    /// The start of the master's last segment: RocketMQ's classic rule (issue #3661).
+    #[default]
+    LastSegment,
+    /// The oldest retained offset: the whole log, as AutoSwitch does by default (§5.5).
+    OldestRetained,
+}
+
+/// Validated configuration shared by the master and slave machines and the master service.
+///
+/// Build one with [`Config::builder`]; [`Config::default`] is RocketMQ's defaults. Names map to
+/// RocketMQ's `MessageStoreConfig` keys as noted on each getter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    heartbeat_interval: Duration,
+    housekeeping_interval: Duration,
+    transfer_batch_size: u32,
+    max_frame_size: u32,
+    start_position: StartPosition,
+    reject_ack_above_max: bool,
+    reject_ack_above_sent: bool,
+    max_gap_not_in_sync: u64,
+    slave_timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_backoff_initial: Duration,
+    reconnect_backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_interval: Duration::from_millis(5_000),
+            housekeeping_interval: Duration::from_millis(20_000),
+            transfer_batch_size: 32 * 1024,
+            max_frame_size: JAVA_MAX_FRAME_SIZE,
+            start_position: StartPosition::LastSegment,
+            reject_ack_above_max: true,
+            reject_ack_above_sent: false,
+            max_gap_not_in_sync: 256 * 1024 * 1024,
+            slave_timeout: Duration::from_millis(3_000),
+            connect_timeout: Duration::from_millis(5_000),
+            reconnect_backoff_initial: Duration::from_millis(100),
+            reconnect_backoff_max: Duration::from_millis(5_000),
+        }
+    }
+}
+
+impl Config {
+    /// A builder starting from RocketMQ's defaults.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::default(),
+        }
+    }
+
+    /// `haSendHeartbeatInterval` (5 s): both sides send a keep-alive after this long without
+    /// writing (§3.4, §4.2).
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// `haHousekeepingInterval` (20 s): either side closes after this long without reading
+    /// (§3.2, §4.6, 5.x rule).
+    pub fn housekeeping_interval(&self) -> Duration {
+        self.housekeeping_interval
+    }
+
+    /// `haTransferBatchSize` (32 KiB): the most body bytes the master puts in one frame (§3.4).
+    pub fn transfer_batch_size(&self) -> u32 {
+        self.transfer_batch_size
+    }
+
+    /// The largest frame, header included, the slave accepts (4 MiB, a Java slave's buffer, §4.3).
+    pub fn max_frame_size(&self) -> u32 {
+        self.max_frame_size
+    }
+
+    /// Where to start an empty slave (§3.3); RocketMQ's rule is [`StartPosition::LastSegment`].
+    pub fn start_position(&self) -> StartPosition {
+        self.start_position
+    }
+
+    /// Close a connection whose ack exceeds the master's max offset (on, the 4.9.3+ check, §3.2).
+    pub fn reject_ack_above_max(&self) -> bool {
+        self.reject_ack_above_max
+    }
+
+    /// Close a connection whose ack exceeds what was sent on it (off; stricter than Java, §8
+    /// invariant 19).
+    pub fn reject_ack_above_sent(&self) -> bool {
+        self.reject_ack_above_sent
+    }
+
+    /// `haMaxGapNotInSync` / `haSlaveFallbehindMax` (256 MiB): how far behind a slave may be and
+    /// still count as in sync (§3.6).
+    pub fn max_gap_not_in_sync(&self) -> u64 {
+        self.max_gap_not_in_sync
+    }
+
+    /// `slaveTimeout` (3 s): the usual deadline of a synchronous-replication wait (§3.5).
+    pub fn slave_timeout(&self) -> Duration {
+        self.slave_timeout
+    }
+
+    /// How long a driver waits for a TCP connect to the master (5 s, §1.4).
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// First reconnect delay after a failure (100 ms); it doubles per failure with jitter.
+    /// Java waits a fixed 5 s (5.x) or not at all (4.9, §1.4); back-off with jitter avoids both
+    /// the idle gap and reconnect storms.
+    pub fn reconnect_backoff_initial(&self) -> Duration {
+        self.reconnect_backoff_initial
+    }
+
+    /// Ceiling of the reconnect delay (5 s, Java's fixed wait).
+    pub fn reconnect_backoff_max(&self) -> Duration {
+        self.reconnect_backoff_max
+    }
+
+    fn validate(self) -> Result<Self, ConfigError> {
+        if self.transfer_batch_size == 0 {
+            return Err(ConfigError::ZeroBatchSize);
+        }
+        if (self.max_frame_size as usize) < TRANSFER_HEADER_LEN {
+            return Err(ConfigError::FrameLimitTooSmall(self.max_frame_size));
+        }
+        if u64::from(self.transfer_batch_size) + TRANSFER_HEADER_LEN as u64
+            > u64::from(self.max_frame_size)
+        {
+            return Err(ConfigError::BatchExceedsFrameLimit {
+                batch: self.transfer_batch_size,
+                max_frame: self.max_frame_size,
+            });
+        }
+        for (name, value) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("housekeeping_interval", self.housekeeping_interval),
+            ("slave_timeout", self.slave_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_backoff_initial", self.reconnect_backoff_initial),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.housekeeping_interval <= self.heartbeat_interval {
+            return Err(ConfigError::HousekeepingNotAboveHeartbeat {
+                housekeeping: self.housekeeping_interval,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        if self.reconnect_backoff_max < self.reconnect_backoff_initial {
+            return Err(ConfigError::BackoffRange {
+                initial: self.reconnect_backoff_initial,
+                max: self.reconnect_backoff_max,
+            });
+        }
+        if self.max_gap_not_in_sync == 0 {
+            return Err(ConfigError::ZeroGap);
+        }
+        Ok(self)
+    }
+}
+
+/// Builder for [`Config`]; every setter has the meaning of the getter of the same name.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.config.$name = value;
+            self
+        }
+    )*};
+}
+
+impl ConfigBuilder {
+    setters! {
+        /// See [`Config::heartbeat_interval`].
+        heartbeat_interval: Duration;
+        /// See [`Config::housekeeping_interval`].
+        housekeeping_interval: Duration;
+        /// See [`Config::transfer_batch_size`].
+        transfer_batch_size: u32;
+        /// See [`Config::max_frame_size`].
+        max_frame_size: u32;
+        /// See [`Config::start_position`].
+        start_position: StartPosition;
+        /// See [`Config::reject_ack_above_max`].
+        reject_ack_above_max: bool;
+        /// See [`Config::reject_ack_above_sent`].
+        reject_ack_above_sent: bool;
+        /// See [`Config::max_gap_not_in_sync`].
+        max_gap_not_in_sync: u64;
+        /// See [`Config::slave_timeout`].
+        slave_timeout: Duration;
+        /// See [`Config::connect_timeout`].
+        connect_timeout: Duration;
+        /// See [`Config::reconnect_backoff_initial`].
+        reconnect_backoff_initial: Duration;
+        /// See [`Config::reconnect_backoff_max`].
+        reconnect_backoff_max: Duration;
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        self.config.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_rocketmq_and_valid() {
+        let c = Config::builder().build().unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.heartbeat_interval(), Duration::from_secs(5));
+        assert_eq!(c.housekeeping_interval(), Duration::from_secs(20));
+        assert_eq!(c.transfer_batch_size(), 32768);
+        assert_eq!(c.max_frame_size(), 4_194_304);
+        assert_eq!(c.max_gap_not_in_sync(), 268_435_456);
+        assert_eq!(c.slave_timeout(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn invalid_values_are_typed_errors() {
+        assert_eq!(
+            Config::builder().transfer_batch_size(0).build(),
+            Err(ConfigError::ZeroBatchSize)
+        );
+        assert_eq!(
+            Config::builder().transfer_batch_size(4_194_293).build(),
+            Err(ConfigError::BatchExceedsFrameLimit {
+                batch: 4_194_293,
+                max_frame: 4_194_304
+            })
+        );
+        assert!(Config::builder()
+            .transfer_batch_size(4_194_292)
+            .build()
+            .is_ok());
+        assert_eq!(
+            Config::builder().max_frame_size(11).build(),
+            Err(ConfigError::FrameLimitTooSmall(11))
+        );
+        assert_eq!(
+            Config::builder().heartbeat_interval(Duration::ZERO).build(),
+            Err(ConfigError::ZeroDuration("heartbeat_interval"))
+        );
+        assert!(matches!(
+            Config::builder()
+                .housekeeping_interval(Duration::from_secs(5))
+                .build(),
+            Err(ConfigError::HousekeepingNotAboveHeartbeat { .. })
+        ));
+        assert!(matches!(
+            Config::builder()
+                .reconnect_backoff_max(Duration::from_millis(1))
+                .build(),
+            Err(ConfigError::BackoffRange { .. })
+        ));
+        assert_eq!(
+            Config::builder().max_gap_not_in_sync(0).build(),
+            Err(ConfigError::ZeroGap)
+        );
+    }
+}

@@ -1,0 +1,342 @@
+//! The commit log as the machines see it: [`LogSource`] for the master to read, [`LogSink`] for
+//! the slave to append, and [`MemoryLog`], an in-memory segmented log for tests and simulation.
+//!
+//! A RocketMQ CommitLog is a sequence of fixed-size segments (mapped files of
+//! `mappedFileSizeCommitLog` bytes); segment *k* covers `[k·F, (k+1)·F)` (§0.3). Replication never
+//! lets a frame cross a segment boundary (§3.3), so reads here never do either.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::LogError;
+
+/// What the master reads from: a segmented log with a retained range `[min_offset, max_offset)`.
+pub trait LogSource {
+    /// The oldest retained offset (older segments were deleted).
+    fn min_offset(&self) -> u64;
+
+    /// One past the last byte in the log.
+    fn max_offset(&self) -> u64;
+
+    /// The fixed segment size `F` (`mappedFileSizeCommitLog`, 1 GiB by default).
+    fn segment_size(&self) -> u64;
+
+    /// Up to `max_len` bytes starting at `offset`, never crossing a segment boundary.
+    ///
+    /// May return fewer bytes than available (e.g. at an internal chunk boundary) but at least
+    /// one byte whenever `offset < max_offset()`. Returns an empty buffer at `max_offset()`,
+    /// [`LogError::BelowRetained`] below `min_offset()` and [`LogError::AboveMax`] above the end.
+    fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError>;
+}
+
+/// What the slave appends to; the slave's log must stay a byte-exact prefix of the master's.
+pub trait LogSink: LogSource {
+    /// Appends `data` at exactly `offset` and returns the new max offset.
+    ///
+    /// `offset` must equal [`LogSource::max_offset`], except that a log holding no bytes at all
+    /// accepts any start offset (an empty slave starts where the master says, §4.4). Anything
+    /// else is [`LogError::NotContiguous`] and writes nothing.
+    fn append(&mut self, offset: u64, data: Bytes) -> Result<u64, LogError>;
+}
+
+impl<T: LogSource + ?Sized> LogSource for &T {
+    fn min_offset(&self) -> u64 {
+        (**self).min_offset()
+    }
+    fn max_offset(&self) -> u64 {
+        (**self).max_offset()
+    }
+    fn segment_size(&self) -> u64 {
+        (**self).segment_size()
+    }
+    fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
+        (**self).read(offset, max_len)
+    }
+}
+
+impl<T: LogSource + ?Sized> LogSource for Arc<T> {
+    fn min_offset(&self) -> u64 {
+        (**self).min_offset()
+    }
+    fn max_offset(&self) -> u64 {
+        (**self).max_offset()
+    }
+    fn segment_size(&self) -> u64 {
+        (**self).segment_size()
+    }
+    fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
+        (**self).read(offset, max_len)
+    }
+}
+
+/// Start of the segment holding `offset`.
+pub fn segment_start(offset: u64, segment_size: u64) -> u64 {
+    offset - offset % segment_size
+}
+
+/// An in-memory segmented commit log.
+///
+/// Appended buffers are kept as shared [`Bytes`] chunks (split at segment boundaries), so reads
+/// within one chunk are zero-copy; a read spanning chunks copies once.
+#[derive(Debug, Clone)]
+pub struct MemoryLog {
+    segment_size: u64,
+    min: u64,
+    max: u64,
+    /// Chunks keyed by start offset; contiguous, covering `[min, max)`, none crossing a segment.
+    chunks: BTreeMap<u64, Bytes>,
+}
+
+impl MemoryLog {
+    /// An empty log at offset 0 with segments of `segment_size` bytes.
+    ///
+    /// # Panics
+    /// If `segment_size` is 0 (a programming error, not input from the network).
+    pub fn new(segment_size: u64) -> Self {
+        Self::with_base(segment_size, 0)
+    }
+
+    /// An empty log whose first byte will be at `base`, as if everything before had been
+    /// deleted.
+    ///
+    /// # Panics
+    /// If `segment_size` is 0.
+    pub fn with_base(segment_size: u64, base: u64) -> Self {
+        assert!(segment_size > 0, "segment size must be positive");
+        MemoryLog {
+            segment_size,
+            min: base,
+            max: base,
+            chunks: BTreeMap::new(),
+        }
+    }
+
+    /// Number of bytes held.
+    pub fn len(&self) -> u64 {
+        self.max - self.min
+    }
+
+    /// Whether the log holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.max == self.min
+    }
+
+    /// Appends at the end of the log (the master's producer path); returns the new max offset.
+    pub fn push(&mut self, data: impl Into<Bytes>) -> u64 {
+        let mut data: Bytes = data.into();
+        while !data.is_empty() {
+            let room = self.segment_size - self.max % self.segment_size;
+            let piece = data.split_to(data.len().min(room as usize));
+            let len = piece.len() as u64;
+            self.chunks.insert(self.max, piece);
+            self.max += len;
+        }
+        self.max
+    }
+
+    /// Deletes whole segments that lie entirely below `offset` (RocketMQ's retention: files are
+    /// deleted, never partially trimmed). Returns the new min offset.
+    pub fn delete_segments_before(&mut self, offset: u64) -> u64 {
+        let new_min = segment_start(offset.min(self.max), self.segment_size).max(self.min);
+        if new_min == self.min {
+            return self.min;
+        }
+        // A chunk never crosses a segment, and `new_min` is a segment start, so chunks split
+        // cleanly at it.
+        self.chunks = self.chunks.split_off(&new_min);
+        self.min = new_min;
+        self.min
+    }
+
+    /// Drops every byte at or above `offset`, as a master that lost its unflushed tail in a
+    /// restart (§7.2 #10). Returns the new max offset.
+    pub fn truncate(&mut self, offset: u64) -> u64 {
+        if offset >= self.max {
+            return self.max;
+        }
+        let offset = offset.max(self.min);
+        let mut tail = self.chunks.split_off(&offset);
+        if let Some((&start, chunk)) = self.chunks.iter_mut().next_back() {
+            let end = start + chunk.len() as u64;
+            if end > offset {
+                chunk.truncate((offset - start) as usize);
+            }
+        }
+        tail.clear();
+        self.max = offset;
+        self.max
+    }
+
+    /// A copy of `[start, end)`, for comparing logs in tests.
+    pub fn copy_range(&self, start: u64, end: u64) -> Result<Vec<u8>, LogError> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        let mut at = start;
+        while at < end {
+            let piece = self.read(at, (end - at) as usize)?;
+            if piece.is_empty() {
+                return Err(LogError::AboveMax {
+                    offset: end,
+                    max: self.max,
+                });
+            }
+            at += piece.len() as u64;
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
+    }
+}
+
+impl LogSource for MemoryLog {
+    fn min_offset(&self) -> u64 {
+        self.min
+    }
+
+    fn max_offset(&self) -> u64 {
+        self.max
+    }
+
+    fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
+        if offset < self.min {
+            return Err(LogError::BelowRetained {
+                offset,
+                min: self.min,
+            });
+        }
+        if offset > self.max {
+            return Err(LogError::AboveMax {
+                offset,
+                max: self.max,
+            });
+        }
+        let segment_end = segment_start(offset, self.segment_size) + self.segment_size;
+        let want = (max_len as u64)
+            .min(segment_end - offset)
+            .min(self.max - offset) as usize;
+        if want == 0 {
+            return Ok(Bytes::new());
+        }
+        let mut chunks =
+            self.chunks
+                .range(..=offset)
+                .next_back()
+                .into_iter()
+                .chain(self.chunks.range((
+                    std::ops::Bound::Excluded(offset),
+                    std::ops::Bound::Unbounded,
+                )));
+        let Some((&start, first)) = chunks.next() else {
+            return Ok(Bytes::new());
+        };
+        let skip = (offset - start) as usize;
+        if first.len() - skip >= want {
+            return Ok(first.slice(skip..skip + want));
+        }
+        let mut out = BytesMut::with_capacity(want);
+        out.extend_from_slice(&first[skip..]);
+        for (_, chunk) in chunks {
+            let take = (want - out.len()).min(chunk.len());
+            out.extend_from_slice(&chunk[..take]);
+            if out.len() == want {
+                break;
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
+impl LogSink for MemoryLog {
+    fn append(&mut self, offset: u64, data: Bytes) -> Result<u64, LogError> {
+        if self.is_empty() {
+            self.min = offset;
+            self.max = offset;
+        }
+        if offset != self.max {
+            return Err(LogError::NotContiguous {
+                offset,
+                max: self.max,
+            });
+        }
+        Ok(self.push(data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(start: u64, len: usize) -> Vec<u8> {
+        (start..start + len as u64)
+            .map(|i| (i % 251) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn reads_never_cross_segments() {
+        let mut log = MemoryLog::new(100);
+        log.push(pattern(0, 250));
+        assert_eq!(log.max_offset(), 250);
+        let r = log.read(90, 1000).unwrap();
+        assert_eq!(r.len(), 10);
+        assert_eq!(&r[..], &pattern(90, 10)[..]);
+        assert_eq!(log.read(200, 1000).unwrap().len(), 50);
+        assert!(log.read(250, 10).unwrap().is_empty());
+        assert!(matches!(log.read(251, 1), Err(LogError::AboveMax { .. })));
+    }
+
+    #[test]
+    fn read_spanning_chunks_copies_exactly() {
+        let mut log = MemoryLog::new(1000);
+        for i in 0..10 {
+            log.push(pattern(i * 7, 7));
+        }
+        assert_eq!(&log.read(3, 50).unwrap()[..], &pattern(3, 50)[..]);
+        assert_eq!(log.copy_range(0, 70).unwrap(), pattern(0, 70));
+    }
+
+    #[test]
+    fn retention_deletes_whole_segments() {
+        let mut log = MemoryLog::new(100);
+        log.push(pattern(0, 350));
+        assert_eq!(log.delete_segments_before(250), 200);
+        assert_eq!(log.min_offset(), 200);
+        assert!(matches!(
+            log.read(199, 1),
+            Err(LogError::BelowRetained { min: 200, .. })
+        ));
+        assert_eq!(&log.read(200, 10).unwrap()[..], &pattern(200, 10)[..]);
+    }
+
+    #[test]
+    fn truncate_drops_tail() {
+        let mut log = MemoryLog::new(100);
+        log.push(pattern(0, 50));
+        log.push(pattern(50, 50));
+        assert_eq!(log.truncate(70), 70);
+        assert_eq!(log.copy_range(0, 70).unwrap(), pattern(0, 70));
+        assert!(log.read(70, 10).unwrap().is_empty());
+        log.push(pattern(70, 5));
+        assert_eq!(log.copy_range(0, 75).unwrap(), pattern(0, 75));
+    }
+
+    #[test]
+    fn sink_is_contiguous_and_empty_log_starts_anywhere() {
+        let mut log = MemoryLog::new(100);
+        assert_eq!(log.append(300, Bytes::from(pattern(300, 10))).unwrap(), 310);
+        assert_eq!(log.min_offset(), 300);
+        assert!(matches!(
+            log.append(311, Bytes::from_static(b"x")),
+            Err(LogError::NotContiguous {
+                offset: 311,
+                max: 310
+            })
+        ));
+        assert_eq!(log.max_offset(), 310);
+        assert_eq!(log.append(310, Bytes::from(pattern(310, 5))).unwrap(), 315);
+    }
+}

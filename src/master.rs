@@ -1,0 +1,661 @@
+//! The master's side of one slave connection (RocketMQ's `HAConnection`, §3).
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+
+use crate::config::{Config, StartPosition};
+use crate::error::MasterError;
+use crate::log::{segment_start, LogSource};
+use crate::timer::{Clock, Timer, TimerTable};
+use crate::wire::{ReportDecoder, TransferHeader, TRANSFER_HEADER_LEN};
+
+/// What a [`MasterConnection`] tells its driver and the [`MasterService`](crate::MasterService).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive] // AutoSwitch (§5) adds handshake events
+pub enum MasterEvent {
+    /// The slave's first report arrived: it asked for `requested`, and transfer starts at
+    /// `start` (§3.3).
+    Started {
+        /// The first reported offset (0 for an empty slave).
+        requested: u64,
+        /// Where the first frame starts.
+        start: u64,
+    },
+    /// The slave acknowledged a higher offset: its log now ends at `offset` (§2.1). Forward it
+    /// to [`MasterService::handle_ack`](crate::MasterService::handle_ack).
+    Acked {
+        /// The slave's max offset.
+        offset: u64,
+    },
+}
+
+/// One transfer frame to write: a 12-byte header and a zero-copy body (§2.2).
+///
+/// It implements [`Buf`]; a driver writes it with `write_vectored` over
+/// [`Buf::chunks_vectored`] (header and body in one system call), calls [`Buf::advance`] by what
+/// was written, and when [`Buf::has_remaining`] is false reports
+/// [`MasterConnection::on_transmitted`].
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    header: TransferHeader,
+    encoded: [u8; TRANSFER_HEADER_LEN],
+    header_written: usize,
+    body: Bytes,
+}
+
+impl Transmit {
+    fn new(header: TransferHeader, body: Bytes) -> Self {
+        Transmit {
+            encoded: header.encode(),
+            header,
+            header_written: 0,
+            body,
+        }
+    }
+
+    /// The frame's header.
+    pub fn header(&self) -> TransferHeader {
+        self.header
+    }
+
+    /// Whether this is a heartbeat (no body, §2.2).
+    pub fn is_heartbeat(&self) -> bool {
+        self.header.body_len == 0
+    }
+
+    /// The unwritten part of the body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+}
+
+impl Buf for Transmit {
+    fn remaining(&self) -> usize {
+        TRANSFER_HEADER_LEN - self.header_written + self.body.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        if self.header_written < TRANSFER_HEADER_LEN {
+            &self.encoded[self.header_written..]
+        } else {
+            &self.body
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        if self.header_written < TRANSFER_HEADER_LEN && n < dst.len() {
+            dst[n] = IoSlice::new(&self.encoded[self.header_written..]);
+            n += 1;
+        }
+        if !self.body.is_empty() && n < dst.len() {
+            dst[n] = IoSlice::new(&self.body);
+            n += 1;
+        }
+        n
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        let header_left = TRANSFER_HEADER_LEN - self.header_written;
+        let from_header = cnt.min(header_left);
+        self.header_written += from_header;
+        cnt -= from_header;
+        assert!(
+            cnt <= self.body.len(),
+            "advanced past the end of a Transmit"
+        );
+        self.body.advance(cnt);
+    }
+}
+
+/// The master's state machine for one connected slave (RocketMQ's `HAConnection`, §3).
+///
+/// It does no I/O and reads no clock: bytes from the slave, the time and the commit log go in;
+/// frames to send, events and the next deadline come out.
+///
+/// # The driver's loop
+/// 1. Feed every read from the socket to [`handle_input`](Self::handle_input) (EOF or a read
+///    error: drop the machine and remove it from the service).
+/// 2. When the deadline from [`poll_timeout`](Self::poll_timeout) passes, call
+///    [`handle_timeout`](Self::handle_timeout).
+/// 3. Drain [`poll_event`](Self::poll_event), forwarding [`MasterEvent::Acked`] to the
+///    [`MasterService`](crate::MasterService).
+/// 4. Call [`poll_transmit`](Self::poll_transmit); write the [`Transmit`] it returns (the socket
+///    may take several writes) and then call [`on_transmitted`](Self::on_transmitted). Only one
+///    frame is in flight at a time (Java's `lastWriteOver`): this is the back-pressure.
+/// 5. Sleep until bytes arrive, the frame is written, the log grows, or
+///    [`poll_timeout`](Self::poll_timeout) passes; then go to 1.
+///
+/// Any `Err` from a method means the connection is finished: close the socket.
+///
+/// # Rules implemented
+/// * §3.2 report parsing: the last complete 8-byte value of a read is used; the first value is
+///   the request offset; every value is an ack; acks above the master's max close the
+///   connection (4.9.3+), as do acks that go backwards.
+/// * §3.3 first-transfer rule: request 0 starts at the master's last segment (or the oldest
+///   retained offset, [`StartPosition::OldestRetained`]); a request below the retained range or
+///   above the max is an error instead of Java's silent heartbeat loop.
+/// * §3.4 writer: nothing, not even a heartbeat, before the first report; a frame carries at most
+///   `transfer_batch_size` bytes and never crosses a segment; a heartbeat (size 0 at the next
+///   offset) when `heartbeat_interval` passed since the last write.
+/// * §3.2 housekeeping: close after `housekeeping_interval` without reading a byte.
+#[derive(Debug)]
+pub struct MasterConnection {
+    config: Config,
+    clock: Clock,
+    timers: TimerTable,
+    reports: ReportDecoder,
+    /// `slaveRequestOffset`: the first reported value.
+    request: Option<u64>,
+    /// `slaveAckOffset`: the last reported value.
+    ack: Option<u64>,
+    /// `nextTransferFromWhere`: the next offset to send; known once the request arrived.
+    next: Option<u64>,
+    /// Whether a [`Transmit`] was handed out and not yet reported written (`!lastWriteOver`).
+    in_flight: bool,
+    last_read: Instant,
+    closed: bool,
+    events: VecDeque<MasterEvent>,
+}
+
+impl MasterConnection {
+    /// A connection accepted at `now`. Heartbeat and housekeeping clocks start now (§3.1).
+    pub fn new(config: Config, now: Instant) -> Self {
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Housekeeping, now + config.housekeeping_interval());
+        timers.set(Timer::Heartbeat, now + config.heartbeat_interval());
+        MasterConnection {
+            config,
+            clock: Clock::new(now),
+            timers,
+            reports: ReportDecoder::new(),
+            request: None,
+            ack: None,
+            next: None,
+            in_flight: false,
+            last_read: now,
+            closed: false,
+            events: VecDeque::new(),
+        }
+    }
+
+    // --- getters ---
+
+    /// The slave's first reported offset, once known.
+    pub fn request_offset(&self) -> Option<u64> {
+        self.request
+    }
+
+    /// The slave's last acknowledged offset, once known.
+    pub fn ack_offset(&self) -> Option<u64> {
+        self.ack
+    }
+
+    /// The next offset the master will send (the end of everything sent so far), once the
+    /// request is known.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.next
+    }
+
+    /// Whether a frame is handed out and not yet reported written.
+    pub fn is_transmitting(&self) -> bool {
+        self.in_flight
+    }
+
+    /// Whether the connection ended with an error; every later call is refused.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Bytes of an incomplete report buffered (at most 7): this machine's whole input buffer.
+    pub fn buffered_len(&self) -> usize {
+        self.reports.pending_len()
+    }
+
+    // --- input ---
+
+    /// Bytes read from the slave. `log` is the master's commit log, consulted for the
+    /// first-transfer rule and the ack checks.
+    pub fn handle_input<L: LogSource + ?Sized>(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        log: &L,
+    ) -> Result<(), MasterError> {
+        self.ensure_open()?;
+        let now = self.clock.advance(now);
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.last_read = now;
+        self.timers.set(
+            Timer::Housekeeping,
+            now + self.config.housekeeping_interval(),
+        );
+        let report = self.reports.feed(data);
+        let result = match report {
+            Err(e) => Err(e.into()),
+            Ok(None) => Ok(()),
+            Ok(Some(value)) => self.on_report(value, log),
+        };
+        self.close_on_error(result)
+    }
+
+    fn on_report<L: LogSource + ?Sized>(&mut self, value: u64, log: &L) -> Result<(), MasterError> {
+        let Some(previous) = self.ack else {
+            // §3.3: the first report is the request; decide the start offset once.
+            let start = self.first_transfer_offset(value, log)?;
+            self.request = Some(value);
+            self.ack = Some(value);
+            self.next = Some(start);
+            self.events.push_back(MasterEvent::Started {
+                requested: value,
+                start,
+            });
+            self.events.push_back(MasterEvent::Acked { offset: value });
+            return Ok(());
+        };
+        if value < previous {
+            return Err(MasterError::AckWentBackwards {
+                previous,
+                ack: value,
+            });
+        }
+        let max = log.max_offset();
+        if self.config.reject_ack_above_max() && value > max {
+            return Err(MasterError::AckAboveMax { ack: value, max });
+        }
+        let sent = self.next.unwrap_or(0);
+        if self.config.reject_ack_above_sent() && value > sent {
+            return Err(MasterError::AckAboveSent { ack: value, sent });
+        }
+        if value > previous {
+            self.ack = Some(value);
+            self.events.push_back(MasterEvent::Acked { offset: value });
+        }
+        Ok(())
+    }
+
+    /// §3.3 first-transfer rule.
+    fn first_transfer_offset<L: LogSource + ?Sized>(
+        &self,
+        requested: u64,
+        log: &L,
+    ) -> Result<u64, MasterError> {
+        let (min, max) = (log.min_offset(), log.max_offset());
+        if requested == 0 {
+            return Ok(match self.config.start_position() {
+                // The start of the last segment, clamped into the retained range for a log
+                // whose oldest segment is only partly retained.
+                StartPosition::LastSegment => segment_start(max, log.segment_size()).max(min),
+                StartPosition::OldestRetained => min,
+            });
+        }
+        if requested < min {
+            return Err(MasterError::RequestBelowRetained { requested, min });
+        }
+        if requested > max {
+            return Err(MasterError::RequestAboveMax { requested, max });
+        }
+        Ok(requested)
+    }
+
+    /// Time passed; call when the deadline from [`poll_timeout`](Self::poll_timeout) is reached.
+    /// Fails with [`MasterError::HousekeepingTimeout`] when the slave has been silent too long.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MasterError> {
+        self.ensure_open()?;
+        let now = self.clock.advance(now);
+        if self.timers.is_expired(Timer::Housekeeping, now) {
+            let idle = now - self.last_read;
+            return self.close_on_error(Err(MasterError::HousekeepingTimeout { idle }));
+        }
+        Ok(())
+    }
+
+    /// The [`Transmit`] from [`poll_transmit`](Self::poll_transmit) has been fully written.
+    pub fn on_transmitted(&mut self, now: Instant) -> Result<(), MasterError> {
+        self.ensure_open()?;
+        let now = self.clock.advance(now);
+        if !self.in_flight {
+            return self.close_on_error(Err(MasterError::Misuse(
+                "on_transmitted without a frame in flight",
+            )));
+        }
+        self.in_flight = false;
+        // §3.1: the heartbeat clock measures time since the last write.
+        self.timers
+            .set(Timer::Heartbeat, now + self.config.heartbeat_interval());
+        Ok(())
+    }
+
+    // --- output ---
+
+    /// The next frame to send, if any: log data at the next offset, else a heartbeat when due.
+    ///
+    /// Returns `Ok(None)` before the first report, while a frame is in flight, or when caught up
+    /// and no heartbeat is due. Call it again whenever the log grows.
+    pub fn poll_transmit<L: LogSource + ?Sized>(
+        &mut self,
+        now: Instant,
+        log: &L,
+    ) -> Result<Option<Transmit>, MasterError> {
+        if self.closed || self.in_flight {
+            return Ok(None);
+        }
+        let now = self.clock.advance(now);
+        let Some(next) = self.next else {
+            // §3.4 step 1: not even heartbeats before the first report.
+            return Ok(None);
+        };
+        let segment_size = log.segment_size();
+        let segment_left = segment_start(next, segment_size) + segment_size - next;
+        let max_len = segment_left.min(u64::from(self.config.transfer_batch_size())) as usize;
+        let mut body = match log.read(next, max_len) {
+            Ok(body) => body,
+            Err(e) => return self.close_on_error(Err(e.into())),
+        };
+        if !body.is_empty() {
+            // A log returning more than asked must not make a frame cross a segment.
+            body.truncate(max_len);
+            let header = TransferHeader {
+                offset: next,
+                body_len: body.len() as u32,
+            };
+            self.next = Some(header.end_offset());
+            return Ok(Some(self.hand_out(Transmit::new(header, body))));
+        }
+        if self.timers.is_expired(Timer::Heartbeat, now) {
+            let transmit = Transmit::new(TransferHeader::heartbeat(next), Bytes::new());
+            return Ok(Some(self.hand_out(transmit)));
+        }
+        Ok(None)
+    }
+
+    fn hand_out(&mut self, transmit: Transmit) -> Transmit {
+        self.in_flight = true;
+        self.timers.stop(Timer::Heartbeat);
+        transmit
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<MasterEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next deadline at which [`handle_timeout`](Self::handle_timeout) or
+    /// [`poll_transmit`](Self::poll_transmit) has work to do; `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        let housekeeping = self.timers.get(Timer::Housekeeping);
+        let heartbeat = if self.next.is_some() && !self.in_flight {
+            self.timers.get(Timer::Heartbeat)
+        } else {
+            None
+        };
+        housekeeping.into_iter().chain(heartbeat).min()
+    }
+
+    fn ensure_open(&self) -> Result<(), MasterError> {
+        if self.closed {
+            Err(MasterError::Misuse("connection already closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn close_on_error<T>(&mut self, result: Result<T, MasterError>) -> Result<T, MasterError> {
+        if result.is_err() {
+            self.closed = true;
+            self.in_flight = false;
+            self.timers.stop_all();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::LogError;
+    use crate::log::MemoryLog;
+    use crate::wire::encode_report;
+    use std::time::Duration;
+
+    const F: u64 = 1024;
+
+    fn log_with(len: usize) -> MemoryLog {
+        let mut log = MemoryLog::new(F);
+        log.push((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+        log
+    }
+
+    fn config() -> Config {
+        Config::builder().transfer_batch_size(100).build().unwrap()
+    }
+
+    fn drain(t: &mut Transmit) -> Vec<u8> {
+        let mut out = Vec::new();
+        while t.has_remaining() {
+            let c = t.chunk();
+            out.extend_from_slice(c);
+            let n = c.len();
+            t.advance(n);
+        }
+        out
+    }
+
+    #[test]
+    fn nothing_before_first_report() {
+        let t0 = Instant::now();
+        let log = log_with(500);
+        let mut c = MasterConnection::new(config(), t0);
+        assert!(c.poll_transmit(t0, &log).unwrap().is_none());
+        // Not even a heartbeat, however long we wait.
+        let later = t0 + Duration::from_secs(10);
+        assert!(c.poll_transmit(later, &log).unwrap().is_none());
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn request_zero_starts_at_last_segment() {
+        let t0 = Instant::now();
+        let log = log_with(2 * F as usize + 50);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(0), &log).unwrap();
+        assert_eq!(
+            c.poll_event(),
+            Some(MasterEvent::Started {
+                requested: 0,
+                start: 2 * F
+            })
+        );
+        assert_eq!(c.poll_event(), Some(MasterEvent::Acked { offset: 0 }));
+        let t = c.poll_transmit(t0, &log).unwrap().unwrap();
+        assert_eq!(t.header().offset, 2 * F);
+        assert_eq!(t.header().body_len, 50);
+    }
+
+    #[test]
+    fn oldest_retained_option() {
+        let t0 = Instant::now();
+        let mut log = log_with(3 * F as usize);
+        log.delete_segments_before(F);
+        let cfg = Config::builder()
+            .start_position(StartPosition::OldestRetained)
+            .build()
+            .unwrap();
+        let mut c = MasterConnection::new(cfg, t0);
+        c.handle_input(t0, &encode_report(0), &log).unwrap();
+        assert_eq!(c.next_offset(), Some(F));
+    }
+
+    #[test]
+    fn frames_respect_batch_and_segment_and_one_in_flight() {
+        let t0 = Instant::now();
+        let log = log_with(F as usize + 10);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(950), &log).unwrap();
+        let mut t = c.poll_transmit(t0, &log).unwrap().unwrap();
+        assert_eq!((t.header().offset, t.header().body_len), (950, 74));
+        assert!(
+            c.poll_transmit(t0, &log).unwrap().is_none(),
+            "one in flight"
+        );
+        let bytes = drain(&mut t);
+        assert_eq!(bytes.len(), 12 + 74);
+        assert_eq!(&bytes[12..], &log.copy_range(950, F).unwrap()[..]);
+        c.on_transmitted(t0).unwrap();
+        let t = c.poll_transmit(t0, &log).unwrap().unwrap();
+        assert_eq!((t.header().offset, t.header().body_len), (F, 10));
+    }
+
+    #[test]
+    fn vectored_chunks_hold_header_and_body() {
+        let t0 = Instant::now();
+        let log = log_with(30);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(0), &log).unwrap();
+        let mut t = c.poll_transmit(t0, &log).unwrap().unwrap();
+        {
+            let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
+            assert_eq!(t.chunks_vectored(&mut slices), 2);
+            assert_eq!(slices[0].len() + slices[1].len(), 42);
+        }
+        t.advance(5);
+        assert_eq!(t.remaining(), 37);
+        t.advance(20);
+        let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
+        assert_eq!(t.chunks_vectored(&mut slices), 1);
+        assert_eq!(slices[0].len(), 17);
+    }
+
+    #[test]
+    fn heartbeat_after_interval_without_write() {
+        let t0 = Instant::now();
+        let log = log_with(10);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(10), &log).unwrap();
+        assert!(c.poll_transmit(t0, &log).unwrap().is_none());
+        let hb_at = t0 + Duration::from_secs(5);
+        assert_eq!(c.poll_timeout(), Some(hb_at));
+        assert!(c
+            .poll_transmit(hb_at - Duration::from_millis(1), &log)
+            .unwrap()
+            .is_none());
+        let t = c.poll_transmit(hb_at, &log).unwrap().unwrap();
+        assert!(t.is_heartbeat());
+        assert_eq!(t.header().offset, 10);
+        c.on_transmitted(hb_at).unwrap();
+        assert_eq!(c.poll_timeout(), Some(hb_at + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn housekeeping_closes_after_silence() {
+        let t0 = Instant::now();
+        let log = log_with(0);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0 + Duration::from_secs(10), &encode_report(0), &log)
+            .unwrap();
+        c.handle_timeout(t0 + Duration::from_secs(29)).unwrap();
+        let err = c.handle_timeout(t0 + Duration::from_secs(30)).unwrap_err();
+        assert!(matches!(err, MasterError::HousekeepingTimeout { .. }));
+        assert!(c.is_closed());
+        assert_eq!(c.poll_timeout(), None);
+        assert!(matches!(
+            c.handle_input(t0, &[0], &log),
+            Err(MasterError::Misuse(_))
+        ));
+    }
+
+    #[test]
+    fn ack_checks() {
+        let t0 = Instant::now();
+        let log = log_with(100);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(50), &log).unwrap();
+        c.handle_input(t0, &encode_report(60), &log).unwrap();
+        assert_eq!(c.ack_offset(), Some(60));
+        let err = c.handle_input(t0, &encode_report(101), &log).unwrap_err();
+        assert!(matches!(
+            err,
+            MasterError::AckAboveMax { ack: 101, max: 100 }
+        ));
+
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(50), &log).unwrap();
+        let err = c.handle_input(t0, &encode_report(49), &log).unwrap_err();
+        assert!(matches!(err, MasterError::AckWentBackwards { .. }));
+
+        let strict = Config::builder()
+            .reject_ack_above_sent(true)
+            .build()
+            .unwrap();
+        let mut c = MasterConnection::new(strict, t0);
+        c.handle_input(t0, &encode_report(50), &log).unwrap();
+        let err = c.handle_input(t0, &encode_report(51), &log).unwrap_err();
+        assert!(matches!(
+            err,
+            MasterError::AckAboveSent { ack: 51, sent: 50 }
+        ));
+    }
+
+    #[test]
+    fn request_outside_retained_range() {
+        let t0 = Instant::now();
+        let mut log = log_with(3 * F as usize);
+        log.delete_segments_before(2 * F);
+        let mut c = MasterConnection::new(config(), t0);
+        let err = c.handle_input(t0, &encode_report(5), &log).unwrap_err();
+        assert!(matches!(
+            err,
+            MasterError::RequestBelowRetained {
+                requested: 5,
+                min
+            } if min == 2 * F
+        ));
+        let mut c = MasterConnection::new(config(), t0);
+        let err = c
+            .handle_input(t0, &encode_report(3 * F + 1), &log)
+            .unwrap_err();
+        assert!(matches!(err, MasterError::RequestAboveMax { .. }));
+    }
+
+    #[test]
+    fn lagging_slave_whose_segment_is_deleted_is_closed() {
+        let t0 = Instant::now();
+        let mut log = log_with(3 * F as usize);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(10), &log).unwrap();
+        log.delete_segments_before(F);
+        let err = c.poll_transmit(t0, &log).unwrap_err();
+        assert!(matches!(
+            err,
+            MasterError::Log(LogError::BelowRetained { .. })
+        ));
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn misuse_is_typed() {
+        let t0 = Instant::now();
+        let mut c = MasterConnection::new(config(), t0);
+        assert!(matches!(c.on_transmitted(t0), Err(MasterError::Misuse(_))));
+    }
+
+    #[test]
+    fn time_going_backwards_is_clamped() {
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let log = log_with(10);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(10), &log).unwrap();
+        // An earlier instant neither panics nor fires anything.
+        let early = t0 - Duration::from_secs(50);
+        assert!(c.poll_transmit(early, &log).unwrap().is_none());
+        c.handle_timeout(early).unwrap();
+    }
+}
