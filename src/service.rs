@@ -322,8 +322,11 @@ impl MasterService {
     }
 
     fn complete_satisfied(&mut self) {
-        let groups: Vec<usize> = self.by_offset.keys().copied().collect();
-        for k in groups {
+        // Walk the groups by key rather than collecting them: completing a waiter may remove
+        // its group, and an ack must not allocate.
+        let mut from = 0;
+        while let Some(&k) = self.by_offset.range(from..).next().map(|(k, _)| k) {
+            from = k + 1;
             let Some(reached) = self.acked_by(k) else {
                 continue;
             };
