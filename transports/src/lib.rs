@@ -1,6 +1,63 @@
 //! Everything of `rocketmq-ha` that touches the operating system: socket drivers for the sans-IO
 //! machines and a file-backed commit log in RocketMQ's on-disk layout.
+//!
+//! The machines of the core crate decide everything about the protocol; a driver here only moves
+//! bytes and time between the OS and them, following the run loop documented on
+//! [`MasterConnection`](rocketmq_ha::MasterConnection) and [`HaClient`](rocketmq_ha::HaClient).
+//!
+//! | module | sockets and timers | master | slave |
+//! |---|---|---|---|
+//! | [`blocking`] | std `TcpStream`, read timeout = next deadline | [`blocking::serve`] | [`blocking::run_slave`] |
+//! | [`smol`] | `async-io` `Async<TcpStream>`, `Timer` (no tokio) | [`smol::serve`] | [`smol::run_slave`] |
+//! | `tokio` (feature `tokio`) | `tokio::net`, `sleep_until` | `tokio::serve` | `tokio::run_slave` |
+//!
+//! All three are generic over the core's [`LogSource`](rocketmq_ha::LogSource) /
+//! [`LogSink`](rocketmq_ha::LogSink) and share the same state:
+//!
+//! * [`SharedLog`]: the commit log behind an `RwLock`, with a growth notification that threads
+//!   and async tasks can wait on. A producer appending to a master's log wakes its connections.
+//! * [`MasterHandle`]: the log, the [`MasterService`](rocketmq_ha::MasterService) every
+//!   connection reports acks to, and synchronous replication
+//!   ([`MasterHandle::append_replicated_blocking`], [`smol::wait_replicated`], ...).
+//! * [`SlaveHandle`]: the slave's log, status and errors.
+//!
+//! Shutting a handle down closes its sockets, ends its driver, and completes pending sync waits
+//! with [`SyncError::Shutdown`](rocketmq_ha::SyncError::Shutdown). [`Transport`] runs any driver
+//! on a background thread, chosen at run time.
+//!
+//! # Example: replicate on loopback with the blocking driver
+//! ```
+//! use std::time::{Duration, Instant};
+//! use rocketmq_ha::{Config, LogSource, MemoryLog};
+//! use rocketmq_ha_transports::{MasterHandle, SlaveHandle, Transport};
+//!
+//! let config = Config::default();
+//! let master = MasterHandle::new(MemoryLog::new(1 << 20), config);
+//! let server = Transport::Blocking.spawn_master("127.0.0.1:0".parse()?, master.clone())?;
+//! let addr = server.local_addr().expect("a master listens");
+//! let slave = SlaveHandle::new(addr, MemoryLog::new(1 << 20), config);
+//! let client = Transport::Blocking.spawn_slave(slave.clone())?;
+//!
+//! // A SYNC_MASTER put: returns once one slave acknowledged it.
+//! let end = master.append_replicated_blocking(&b"hello"[..], 1, Duration::from_secs(10))?;
+//! assert_eq!(slave.log().max_offset(), end);
+//! client.shutdown()?;
+//! server.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![warn(missing_docs)]
 
+pub mod blocking;
+mod error;
 pub mod file_log;
+mod runtime;
+mod shared;
+pub mod smol;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+mod transport;
+
+pub use error::Error;
+pub use shared::{ClosedConnection, MasterHandle, SharedLog, SlaveHandle, SlaveInfo, SlaveStatus};
+pub use transport::{Running, Transport, UnknownTransport};

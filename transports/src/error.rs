@@ -1,0 +1,52 @@
+//! The drivers' error type: why a connection closed or an operation failed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rocketmq_ha::{ClientError, LogError, MasterError, SyncError};
+
+/// Why a driver closed a connection, or why a replication call failed.
+///
+/// Protocol violations keep the core's typed error (`Master`, `Client`), so a caller can tell a
+/// peer sending garbage from a network failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive] // new transports (TLS, AutoSwitch) bring new failure kinds
+pub enum Error {
+    /// A socket operation failed.
+    #[error("network I/O failed: {0}")]
+    Io(#[from] io::Error),
+    /// Dialing the master did not finish within `connect_timeout` (§1.4).
+    #[error("connecting to {addr} timed out after {after:?}")]
+    ConnectTimeout {
+        /// The master's address.
+        addr: SocketAddr,
+        /// The configured connect timeout.
+        after: Duration,
+    },
+    /// The slave broke the protocol or went silent; the master closed its connection.
+    #[error("slave connection closed: {0}")]
+    Master(#[from] MasterError),
+    /// The master broke the protocol or went silent; the slave closed its connection.
+    #[error("master connection closed: {0}")]
+    Client(#[from] ClientError),
+    /// Reading or appending the local commit log failed.
+    #[error("commit log: {0}")]
+    Log(#[from] LogError),
+    /// A synchronous-replication wait did not succeed.
+    #[error("replication: {0}")]
+    Sync(#[from] SyncError),
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        match e {
+            Error::Io(e) => e,
+            Error::ConnectTimeout { .. } => io::Error::new(io::ErrorKind::TimedOut, e),
+            Error::Master(e) => e.into(),
+            Error::Client(e) => e.into(),
+            Error::Log(e) => e.into(),
+            Error::Sync(e) => e.into(),
+        }
+    }
+}

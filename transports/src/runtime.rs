@@ -1,0 +1,196 @@
+//! The async run loops, written once for any runtime (quinn's `runtime` pattern): a driver
+//! module supplies sockets and a timer through [`Runtime`], and this module runs the machines.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Buf;
+use futures_lite::FutureExt;
+use rocketmq_ha::{LogSink, LogSource, Transmit};
+
+use crate::shared::{maybe, ConnectionGuard, SlaveDriver, SlaveHandle};
+use crate::Error;
+
+/// What an async driver provides: a connected socket type, dialing, and a timer.
+pub(crate) trait Runtime {
+    /// A connected TCP socket, usable from several futures at once through `&`.
+    type Socket: Send + Sync;
+
+    /// Dials `addr` with TCP_NODELAY on (§1.2).
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Socket>> + Send;
+
+    /// Reads once into `buf`; `Ok(0)` is EOF. Dropping the future before it completes reads
+    /// nothing.
+    fn read<'a>(
+        socket: &'a Self::Socket,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Writes once from `bufs` (one `writev`). Dropping the future before it completes writes
+    /// nothing.
+    fn write_vectored<'a>(
+        socket: &'a Self::Socket,
+        bufs: &'a [IoSlice<'a>],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// Completes at `deadline`.
+    fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send;
+}
+
+/// Header and body of `transmit` as the slices of one vectored write.
+pub(crate) fn io_slices(transmit: &Transmit) -> ([IoSlice<'_>; 2], usize) {
+    let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
+    let n = transmit.chunks_vectored(&mut slices);
+    (slices, n)
+}
+
+/// What woke a master connection.
+enum Wake {
+    Read(io::Result<usize>),
+    Wrote(io::Result<usize>),
+    Grew,
+    Deadline,
+}
+
+/// Drives one accepted slave connection until it closes; the guard records why.
+pub(crate) async fn serve_connection<R: Runtime, L: LogSource>(
+    conn: ConnectionGuard<L>,
+    socket: R::Socket,
+) {
+    if let Err(e) = master_loop::<R, L>(&conn, &socket).await {
+        conn.fail(e);
+    }
+}
+
+async fn master_loop<R: Runtime, L: LogSource>(
+    conn: &ConnectionGuard<L>,
+    socket: &R::Socket,
+) -> Result<(), Error> {
+    let log = conn.master().log();
+    let mut machine = conn.machine();
+    let mut pending: Option<Transmit> = None;
+    // Reports are 8 bytes; the machine uses only the last one of a read (§3.2).
+    let mut reports = [0u8; 1024];
+    loop {
+        let mut grew = None;
+        if pending.is_none() {
+            pending = machine.poll_transmit(Instant::now(), &*log.read())?;
+            if pending.is_none() {
+                // Listen, then look again: growth between the two wakes the listener.
+                let listener = log.listen();
+                pending = machine.poll_transmit(Instant::now(), &*log.read())?;
+                grew = pending.is_none().then_some(listener);
+            }
+        }
+        let deadline = machine.poll_timeout();
+        // Reads first: with writes first, a socket that always has room would starve acks.
+        let wake = async { Wake::Read(R::read(socket, &mut reports).await) }
+            .or(async {
+                let (slices, n) = match &pending {
+                    Some(transmit) => io_slices(transmit),
+                    None => std::future::pending().await,
+                };
+                Wake::Wrote(R::write_vectored(socket, &slices[..n]).await)
+            })
+            .or(async {
+                maybe(grew).await;
+                Wake::Grew
+            })
+            .or(async {
+                maybe(deadline.map(R::sleep_until)).await;
+                Wake::Deadline
+            })
+            .await;
+        let now = Instant::now();
+        match wake {
+            Wake::Read(Ok(0)) => return Ok(()),
+            Wake::Read(Ok(n)) => machine.handle_input(now, &reports[..n], &*log.read())?,
+            Wake::Wrote(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Wake::Wrote(Ok(n)) => {
+                if let Some(transmit) = pending.as_mut() {
+                    transmit.advance(n);
+                    if !transmit.has_remaining() {
+                        pending = None;
+                        machine.on_transmitted(now)?;
+                    }
+                }
+            }
+            Wake::Read(Err(e)) | Wake::Wrote(Err(e)) => return Err(e.into()),
+            Wake::Grew => {}
+            Wake::Deadline => machine.handle_timeout(now)?,
+        }
+        conn.forward(&mut machine);
+    }
+}
+
+/// Runs a slave until its handle is shut down: dial, replicate, reconnect as the machine says.
+pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
+    let work = async {
+        let mut slave = SlaveDriver::new(handle.clone());
+        loop {
+            if slave.apply() {
+                let addr = handle.master();
+                let after = handle.config().connect_timeout();
+                let dialed = async { Some(R::connect(addr).await) }
+                    .or(async {
+                        R::sleep_until(Instant::now() + after).await;
+                        None
+                    })
+                    .await;
+                match dialed {
+                    Some(Ok(socket)) => {
+                        slave.connected();
+                        slave_connection::<R, L>(&mut slave, &socket).await;
+                    }
+                    Some(Err(e)) => slave.connect_failed(e.into()),
+                    None => slave.connect_failed(Error::ConnectTimeout { addr, after }),
+                }
+            } else {
+                maybe(slave.deadline().map(R::sleep_until)).await;
+                slave.on_timeout();
+            }
+        }
+    };
+    work.or(handle.stop().wait()).await
+}
+
+async fn slave_connection<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>, socket: &R::Socket) {
+    loop {
+        slave.apply();
+        while let Some(report) = slave.poll_report() {
+            if let Err(e) = write_all::<R>(socket, &report).await {
+                return slave.disconnected(Some(e.into()));
+            }
+        }
+        if !slave.is_connected() {
+            return;
+        }
+        let deadline = slave.deadline();
+        let read = async { Some(R::read(socket, slave.read_buf()).await) }
+            .or(async {
+                maybe(deadline.map(R::sleep_until)).await;
+                None
+            })
+            .await;
+        match read {
+            Some(Ok(0)) => return slave.disconnected(None),
+            Some(Ok(n)) => slave.on_read(n),
+            Some(Err(e)) => return slave.disconnected(Some(e.into())),
+            None => slave.on_timeout(),
+        }
+    }
+}
+
+/// Writes all of `bytes` (an 8-byte report: it must go out whole, §4.2).
+async fn write_all<R: Runtime>(socket: &R::Socket, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = R::write_vectored(socket, &[IoSlice::new(bytes)]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}

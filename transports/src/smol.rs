@@ -1,0 +1,113 @@
+//! The `smol` driver: `async-io`'s [`Async`]`<TcpStream>` and [`Timer`]. It runs under smol or
+//! any other executor (`async_io::block_on`, `futures_lite::future::block_on`, ...) and never
+//! pulls tokio in.
+//!
+//! * [`serve`] runs a master: an accept loop plus one task per connection, all on the future's
+//!   own [`LocalExecutor`], sharing one [`MasterHandle`].
+//! * [`run_slave`] runs a slave: dial, replicate, reconnect as the machine says.
+//! * [`wait_replicated`] waits for slaves to acknowledge an offset.
+//!
+//! The run loops themselves are in the crate's shared `runtime` module.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use async_executor::{LocalExecutor, Task};
+use async_io::{Async, Timer};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use rocketmq_ha::{LogSink, LogSource, SyncError};
+
+use crate::runtime::{self, Runtime};
+use crate::{MasterHandle, SlaveHandle};
+
+struct Smol;
+
+impl Runtime for Smol {
+    type Socket = Async<TcpStream>;
+
+    async fn connect(addr: SocketAddr) -> io::Result<Async<TcpStream>> {
+        let socket = Async::<TcpStream>::connect(addr).await?;
+        socket.get_ref().set_nodelay(true)?;
+        Ok(socket)
+    }
+
+    async fn read(socket: &Async<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+        (&*socket).read(buf).await
+    }
+
+    async fn write_vectored(socket: &Async<TcpStream>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&*socket).write_vectored(bufs).await
+    }
+
+    async fn sleep_until(deadline: Instant) {
+        Timer::at(deadline).await;
+    }
+}
+
+/// Serves slaves on `listener` until `master` is shut down.
+///
+/// Each connection runs as a task on an executor owned by this future, so all of them live on
+/// the thread polling it; when the future returns or is dropped, every connection is closed.
+pub async fn serve<L>(listener: Async<TcpListener>, master: MasterHandle<L>) -> io::Result<()>
+where
+    L: LogSource,
+{
+    let executor = LocalExecutor::new();
+    let mut tasks: Vec<Task<()>> = Vec::new();
+    let accept_loop = async {
+        loop {
+            let accepted = async { Some(listener.accept().await) }
+                .or(async {
+                    master.stop().wait().await;
+                    None
+                })
+                .await;
+            match accepted {
+                None => return Ok(()),
+                Some(Ok((socket, peer))) => {
+                    let Some(conn) = master.connect(peer) else {
+                        return Ok(());
+                    };
+                    // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
+                    if socket.get_ref().set_nodelay(true).is_ok() {
+                        tasks.retain(|task| !task.is_finished());
+                        tasks.push(
+                            executor.spawn(runtime::serve_connection::<Smol, L>(conn, socket)),
+                        );
+                    }
+                }
+                // Accept errors (a peer that reset before accept, out of descriptors) are about
+                // one connection or momentary; pause briefly so a persistent one cannot spin.
+                Some(Err(_)) => {
+                    Timer::after(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let result = executor.run(accept_loop).await;
+    // Dropping a task cancels it, which closes its socket and unregisters the connection.
+    drop(tasks);
+    result
+}
+
+/// Runs a slave until `slave` is shut down.
+pub async fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
+    runtime::run_slave::<Smol, L>(slave).await
+}
+
+/// Waits until `acks` slaves acknowledged `offset`, `deadline` passed ([`SyncError::Timeout`])
+/// or the master shut down ([`SyncError::Shutdown`]).
+pub async fn wait_replicated<L>(
+    master: &MasterHandle<L>,
+    offset: u64,
+    acks: usize,
+    deadline: Instant,
+) -> Result<(), SyncError> {
+    let sleep = async {
+        Timer::at(deadline).await;
+    };
+    master
+        .wait_replicated_with(offset, acks, deadline, sleep)
+        .await
+}

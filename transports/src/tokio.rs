@@ -1,0 +1,108 @@
+//! The tokio driver (cargo feature `tokio`): `tokio::net` sockets and `tokio::time` timers.
+//!
+//! * [`serve`] runs a master: an accept loop plus one spawned task per connection (a
+//!   [`JoinSet`], so they stop with it), sharing one [`MasterHandle`].
+//! * [`run_slave`] runs a slave: dial, replicate, reconnect as the machine says.
+//! * [`wait_replicated`] waits for slaves to acknowledge an offset.
+//!
+//! All must run inside a tokio runtime with time and I/O enabled. The run loops themselves are
+//! in the crate's shared `runtime` module.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rocketmq_ha::{LogSink, LogSource, SyncError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::runtime::{self, Runtime};
+use crate::{MasterHandle, SlaveHandle};
+
+struct Tokio;
+
+impl Runtime for Tokio {
+    type Socket = TcpStream;
+
+    async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        Ok(socket)
+    }
+
+    async fn read(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        // `readable` + `try_read` works through `&TcpStream`, so a read and a write can be
+        // pending at once without splitting the socket.
+        loop {
+            socket.readable().await?;
+            match socket.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+
+    async fn write_vectored(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        loop {
+            socket.writable().await?;
+            match socket.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
+    }
+
+    async fn sleep_until(deadline: Instant) {
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// Serves slaves on `listener` until `master` is shut down; every connection task is aborted
+/// (closing its socket) when this returns or is dropped.
+pub async fn serve<L>(listener: TcpListener, master: MasterHandle<L>) -> io::Result<()>
+where
+    L: LogSource + Send + Sync + 'static,
+{
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = master.stop().wait() => return Ok(()),
+            // Reap finished connections so the set does not grow with every reconnect.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let Some(conn) = master.connect(peer) else {
+                    return Ok(());
+                };
+                // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
+                if socket.set_nodelay(true).is_ok() {
+                    tasks.spawn(runtime::serve_connection::<Tokio, L>(conn, socket));
+                }
+            }
+            // Accept errors are about one connection or momentary; pause briefly so a
+            // persistent one (out of descriptors) cannot spin.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Runs a slave until `slave` is shut down.
+pub async fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
+    runtime::run_slave::<Tokio, L>(slave).await
+}
+
+/// Waits until `acks` slaves acknowledged `offset`, `deadline` passed ([`SyncError::Timeout`])
+/// or the master shut down ([`SyncError::Shutdown`]).
+pub async fn wait_replicated<L>(
+    master: &MasterHandle<L>,
+    offset: u64,
+    acks: usize,
+    deadline: Instant,
+) -> Result<(), SyncError> {
+    let sleep = tokio::time::sleep_until(deadline.into());
+    master
+        .wait_replicated_with(offset, acks, deadline, sleep)
+        .await
+}
