@@ -1,1 +1,943 @@
-//! A segmented commit log on disk in RocketMQ's layout (work in progress).
+//! A segmented commit log on disk in RocketMQ's layout, serving zero-copy reads from memory
+//! maps: the [`LogSource`] a master reads and the [`LogSink`] a slave appends to.
+//!
+//! # Layout
+//! ```text
+//! <store>/commitlog/00000000000000000000   log bytes [0, F)
+//! <store>/commitlog/00000000001073741824   log bytes [F, 2F)    (F = segment size, 1 GiB default)
+//! <store>/ha-checkpoint                    ours: segment size, start offset, last synced offset
+//! ```
+//! Segment files are named by their 20-digit zero-padded start offset and hold the raw log bytes
+//! and nothing else, exactly like RocketMQ's mapped files (§0.3): byte *k* of file *S* is the log
+//! byte at offset *S + k*. Every segment but the last is exactly *F* bytes long; the last may be
+//! shorter, and its length is where the log ends. So a store made with
+//! `head -c N /dev/urandom > commitlog/00000000000000000000` is servable, with max offset *N*.
+//! `commitlog/` must hold nothing but segments: anything else is reported, never skipped.
+//!
+//! A slave that starts empty in the middle of the master's log (§4.4, §4.5) creates the segment
+//! holding its first offset *X* and writes at *X mod F*; the bytes before *X* in that file are a
+//! hole, not log bytes, and the checkpoint records *X* as the start.
+//!
+//! # Reading and appending
+//! A [`FileLog`] is the single writer. Reads ([`LogSource::read`]) are slices of a read-only
+//! mapping of the whole segment, wrapped in [`Bytes`]: no copy, no system call, and the slice
+//! stays valid after the segment is deleted. Reads never cross a segment (§3.3) and never go past
+//! the max offset, even in the growing last segment. [`FileLog::reader`] hands out
+//! [`FileLogReader`]s, cheap clonable read handles for other threads (e.g. one per slave
+//! connection) that see every append as soon as it returns; they share only a read-write lock
+//! around the segment table and the offsets, held for a map lookup per read. Sharing the
+//! `FileLog` itself behind an `RwLock` works as well.
+//!
+//! Appends are positioned writes (`pwrite`) into the segment files, not stores into a writable
+//! mapping: the writer never page-faults, and files are not preallocated, so a file's length is
+//! exactly the end of what was written to it. That is the basis of crash safety.
+//!
+//! # Crash safety
+//! *Process crash (`kill -9`).* Data a write system call has put into the page cache survives
+//! the process. A write interrupted by the kill leaves a prefix of its bytes, at their offsets,
+//! and the file's length covers no more than what was written. A segment file is only created
+//! once its predecessor holds all *F* bytes, and a failed write is cut off again before the next
+//! one (or the log refuses further appends, [`FileLogError::Poisoned`]). Hence after a process
+//! crash, the files' lengths are a prefix point of the log and every byte below it is what was
+//! appended: reopening recovers the max offset from them, and a slave resumes byte-identical.
+//!
+//! *Machine crash (power loss, kernel panic).* The page cache is gone, and some file systems
+//! leave files longer than the data that reached the disk. Only what [`FileLog::sync`] made
+//! durable is trusted then. `sync` fdatasyncs the segments written since the last sync, fsyncs
+//! `commitlog/` if files were created, and only then records the synced offset in the
+//! checkpoint; the checkpoint is replaced atomically (temporary file, fsync, rename, directory
+//! fsync). It therefore never claims bytes that are not on disk. The checkpoint also records the
+//! kernel's boot id (Linux: `/proc/sys/kernel/random/boot_id`). On open, a boot id other than the
+//! running kernel's means the machine went down since: the max offset is then
+//! `min(synced offset, end of the files)`, and the files are cut back to it. With the same boot
+//! id (or none known, as on other systems or for a store without our checkpoint), the file
+//! lengths are trusted as above. Call [`FileLog::sync`] periodically and [`FileLog::close`] on
+//! shutdown: after a reboot, whatever was not synced is simply replicated again.
+//!
+//! *Empty store moving its start.* A store holding no bytes accepts an append at any offset: its
+//! leftover file (at most one, holding no log bytes) is deleted, the deletion made durable, then
+//! the checkpoint names the new start, and only then is the new segment created. A crash between
+//! any two steps leaves an empty store.
+//!
+//! Stores written by RocketMQ itself preallocate every segment to *F* bytes and find the end of
+//! the log by parsing messages; this module does not parse messages, so it serves such a store's
+//! last file up to its length.
+
+mod checkpoint;
+mod error;
+mod segments;
+
+pub use checkpoint::CHECKPOINT_FILE;
+pub use error::FileLogError;
+pub use segments::segment_file_name;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use rocketmq_ha::{segment_start, LogError, LogSink, LogSource};
+
+use checkpoint::{current_boot_id, sync_dir, Checkpoint};
+use segments::{check_chain, map_segment, scan};
+
+/// The directory inside a store that holds the segment files, as in RocketMQ.
+pub const COMMITLOG_DIR: &str = "commitlog";
+
+/// RocketMQ's default `mappedFileSizeCommitLog`: 1 GiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 1 << 30;
+
+/// Offsets travel as `i64` on the wire (§0.3); the log never grows past what they can carry.
+const MAX_LOG_OFFSET: u64 = i64::MAX as u64;
+
+/// What readers see; replaced piecewise by the writer under the lock.
+struct View {
+    min: u64,
+    max: u64,
+    /// Every segment file's whole mapping, by start offset.
+    segments: BTreeMap<u64, Bytes>,
+}
+
+/// The state a [`FileLog`] shares with its [`FileLogReader`]s.
+struct Shared {
+    segment_size: u64,
+    view: RwLock<View>,
+}
+
+impl Shared {
+    // Nothing panics while holding the lock, and every update leaves the view consistent, so a
+    // poisoned lock (a panic elsewhere in the same thread) still holds a good view.
+    fn view(&self) -> RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn view_mut(&self) -> RwLockWriteGuard<'_, View> {
+        self.view.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, FileLogError> {
+        let view = self.view();
+        if offset < view.min {
+            return Err(FileLogError::BelowRetained {
+                offset,
+                min: view.min,
+            });
+        }
+        if offset > view.max {
+            return Err(FileLogError::AboveMax {
+                offset,
+                max: view.max,
+            });
+        }
+        let start = segment_start(offset, self.segment_size);
+        let len = (max_len as u64)
+            .min(start + self.segment_size - offset)
+            .min(view.max - offset);
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        match view.segments.get(&start) {
+            Some(map) => {
+                // Both fit in usize: they are below the segment size, which was mapped.
+                let at = (offset - start) as usize;
+                Ok(map.slice(at..at + len as usize))
+            }
+            // [min, max) is always covered by mapped segments; reaching this is a bug.
+            None => Err(FileLogError::MissingSegment { offset }),
+        }
+    }
+}
+
+/// The segment file currently appended to, or one written since the last sync.
+struct OpenSegment {
+    start: u64,
+    path: PathBuf,
+    file: File,
+}
+
+/// A segmented commit log in a store directory, in RocketMQ's on-disk layout (see the
+/// [module docs](self) for the layout and the crash-safety argument).
+///
+/// Methods by group:
+/// - opening: [`open`](Self::open), [`create`](Self::create),
+///   [`open_or_create`](Self::open_or_create);
+/// - reading: [`LogSource`] (zero-copy), [`reader`](Self::reader) for other threads,
+///   [`copy_range`](Self::copy_range), and [`compare_logs`] for two stores;
+/// - appending: [`LogSink::append`] (the slave, at the offset the master sent),
+///   [`append_at`](Self::append_at) (the same with a slice and the typed error),
+///   [`append_at_end`](Self::append_at_end) (a producer on the master);
+/// - durability and retention: [`sync`](Self::sync), [`close`](Self::close),
+///   [`delete_segments_before`](Self::delete_segments_before).
+pub struct FileLog {
+    root: PathBuf,
+    commitlog: PathBuf,
+    segment_size: u64,
+    /// The writer's copy of the offsets; readers see them through `shared`.
+    min: u64,
+    max: u64,
+    shared: Arc<Shared>,
+    tail: Option<OpenSegment>,
+    /// Earlier tails written since the last sync; fsynced by the next [`FileLog::sync`] rather
+    /// than at the roll, so rolling to a new segment never stalls on the disk.
+    unsynced: Vec<OpenSegment>,
+    /// Whether `commitlog/` has entries created since the last sync.
+    dir_dirty: bool,
+    /// `(base, synced_max)` as last written to the checkpoint.
+    checkpointed: Option<(u64, u64)>,
+    boot_id: Option<String>,
+    poisoned: bool,
+}
+
+impl FileLog {
+    /// Opens the store at `root` (the directory holding `commitlog/`), checks its layout and
+    /// recovers its offsets (module docs, "Crash safety").
+    ///
+    /// Recovery after a machine crash cuts unsynced bytes off the segment files. Errors name
+    /// the offending file: a missing `commitlog/`, a file name that is not a 20-digit offset, a
+    /// start not aligned to `segment_size`, a gap between segments, a segment of the wrong
+    /// length, a checkpoint that is malformed, records another segment size or contradicts the
+    /// files.
+    pub fn open(root: impl AsRef<Path>, segment_size: u64) -> Result<FileLog, FileLogError> {
+        FileLog::open_with_boot_id(root.as_ref(), segment_size, current_boot_id())
+    }
+
+    /// Makes a new, empty store at `root` (creating the directories) starting at offset 0, and
+    /// opens it. Fails with [`FileLogError::StoreExists`] if `root/commitlog` exists.
+    pub fn create(root: impl AsRef<Path>, segment_size: u64) -> Result<FileLog, FileLogError> {
+        let root = root.as_ref();
+        check_segment_size(segment_size)?;
+        let commitlog = root.join(COMMITLOG_DIR);
+        match fs::symlink_metadata(&commitlog) {
+            Ok(_) => return Err(FileLogError::StoreExists { path: commitlog }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(FileLogError::io("stat", commitlog, e)),
+        }
+        fs::create_dir_all(&commitlog).map_err(|e| FileLogError::io("create", &commitlog, e))?;
+        // Records the segment size, so reopening with another one is refused rather than
+        // misread. Storing it also fsyncs `root`, which makes `commitlog/` durable.
+        Checkpoint {
+            segment_size,
+            base: 0,
+            synced_max: 0,
+            boot_id: current_boot_id(),
+        }
+        .store(root)?;
+        FileLog::open(root, segment_size)
+    }
+
+    /// Opens the store at `root`, or creates it if there is no `commitlog/` yet.
+    pub fn open_or_create(
+        root: impl AsRef<Path>,
+        segment_size: u64,
+    ) -> Result<FileLog, FileLogError> {
+        let root = root.as_ref();
+        let commitlog = root.join(COMMITLOG_DIR);
+        match fs::symlink_metadata(&commitlog) {
+            Ok(_) => FileLog::open(root, segment_size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => FileLog::create(root, segment_size),
+            Err(e) => Err(FileLogError::io("stat", commitlog, e)),
+        }
+    }
+
+    /// [`open`](Self::open) as if running under the kernel boot `boot_id`, so tests can play a
+    /// machine restart.
+    fn open_with_boot_id(
+        root: &Path,
+        segment_size: u64,
+        boot_id: Option<String>,
+    ) -> Result<FileLog, FileLogError> {
+        check_segment_size(segment_size)?;
+        let commitlog = root.join(COMMITLOG_DIR);
+        match fs::metadata(&commitlog) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(FileLogError::NotAFile { path: commitlog }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(FileLogError::NoStore {
+                    root: root.to_path_buf(),
+                    commitlog,
+                })
+            }
+            Err(e) => return Err(FileLogError::io("stat", commitlog, e)),
+        }
+        let checkpoint = Checkpoint::load(root)?;
+        let checkpoint_path = Checkpoint::path(root);
+        if let Some(cp) = &checkpoint {
+            if cp.segment_size != segment_size {
+                return Err(FileLogError::SegmentSizeMismatch {
+                    path: checkpoint_path,
+                    recorded: cp.segment_size,
+                    requested: segment_size,
+                });
+            }
+        }
+        let mut files = scan(&commitlog, segment_size)?;
+
+        // After a machine restart only synced bytes are trusted (module docs, "Crash safety").
+        let trusted_end = checkpoint
+            .as_ref()
+            .filter(|cp| !same_boot(cp.boot_id.as_deref(), boot_id.as_deref()))
+            .map(|cp| cp.synced_max);
+        let mut dropped = Vec::new();
+        let mut cut = None;
+        if let Some(limit) = trusted_end {
+            let keep = files.partition_point(|f| f.start < limit);
+            dropped = files.split_off(keep);
+            if let Some(last) = files.last_mut() {
+                if last.start + last.len > limit {
+                    last.len = limit - last.start;
+                    cut = Some(last.clone());
+                }
+            }
+        }
+        check_chain(&files, segment_size)?;
+
+        let (min, max) = match (files.first(), files.last()) {
+            (Some(first), Some(last)) => {
+                let min = match &checkpoint {
+                    // A mid-log start inside the first file; a base below the first file means
+                    // retention deleted the file holding it.
+                    Some(cp) if cp.base >= first.start => {
+                        if cp.base - first.start >= segment_size {
+                            return Err(FileLogError::CheckpointMismatch {
+                                path: checkpoint_path,
+                                reason: format!(
+                                    "the log starts at {} but the first segment {} ends at {}",
+                                    cp.base,
+                                    first.path.display(),
+                                    first.start + segment_size
+                                ),
+                            });
+                        }
+                        cp.base
+                    }
+                    _ => first.start,
+                };
+                // A first file shorter than the start (a crash before the first byte) holds
+                // nothing yet.
+                (min, (last.start + last.len).max(min))
+            }
+            _ => {
+                let at = match (&checkpoint, trusted_end) {
+                    (_, Some(limit)) => limit,
+                    (Some(cp), None) => cp.base,
+                    (None, None) => 0,
+                };
+                (at, at)
+            }
+        };
+
+        // The store checked out; only now apply what recovery decided.
+        for file in &dropped {
+            remove_file(&file.path)?;
+        }
+        if let Some(file) = &cut {
+            OpenOptions::new()
+                .write(true)
+                .open(&file.path)
+                .and_then(|f| f.set_len(file.len).and_then(|()| f.sync_all()))
+                .map_err(|e| FileLogError::io("truncate", &file.path, e))?;
+        }
+        if !dropped.is_empty() {
+            sync_dir(&commitlog)?;
+        }
+
+        let mut segments = BTreeMap::new();
+        for file in &files {
+            let handle =
+                File::open(&file.path).map_err(|e| FileLogError::io("open", &file.path, e))?;
+            segments.insert(file.start, map_segment(&handle, &file.path, segment_size)?);
+        }
+        let mut log = FileLog {
+            root: root.to_path_buf(),
+            commitlog,
+            segment_size,
+            min,
+            max,
+            shared: Arc::new(Shared {
+                segment_size,
+                view: RwLock::new(View { min, max, segments }),
+            }),
+            tail: None,
+            unsynced: Vec::new(),
+            dir_dirty: false,
+            checkpointed: checkpoint.as_ref().map(|cp| (cp.base, cp.synced_max)),
+            boot_id,
+            poisoned: false,
+        };
+        if trusted_end.is_some() {
+            // Everything left is synced; recording this boot lets a later process crash trust
+            // the files again instead of falling back to this old synced offset.
+            log.write_checkpoint(min, max)?;
+        }
+        Ok(log)
+    }
+
+    /// The store directory (the one holding `commitlog/`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The `commitlog/` directory holding the segment files.
+    pub fn commitlog_dir(&self) -> &Path {
+        &self.commitlog
+    }
+
+    /// The path of the segment file starting at `start` (whether or not it exists).
+    pub fn segment_path(&self, start: u64) -> PathBuf {
+        self.commitlog.join(segment_file_name(start))
+    }
+
+    /// Start offsets of the segment files present, oldest first.
+    pub fn segment_starts(&self) -> Vec<u64> {
+        self.shared.view().segments.keys().copied().collect()
+    }
+
+    /// A read handle for other threads; it sees every append once the append returns.
+    pub fn reader(&self) -> FileLogReader {
+        FileLogReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Appends `data` at exactly `offset` and returns the new max offset: the typed form of
+    /// [`LogSink::append`].
+    ///
+    /// `offset` must be the max offset, except that a store holding no bytes accepts any offset
+    /// and starts there (§4.4); anything else is [`FileLogError::NotContiguous`] and writes
+    /// nothing. The data is split at segment boundaries and a new segment file is created at
+    /// each. On an I/O error the bytes appended before it stay, the max offset says how far.
+    pub fn append_at(&mut self, offset: u64, data: &[u8]) -> Result<u64, FileLogError> {
+        if self.poisoned {
+            return Err(FileLogError::Poisoned);
+        }
+        if data.is_empty() {
+            return if offset == self.max {
+                Ok(self.max)
+            } else {
+                Err(FileLogError::NotContiguous {
+                    offset,
+                    max: self.max,
+                })
+            };
+        }
+        if self.min == self.max && offset != self.max {
+            self.restart_at(offset)?;
+        }
+        if offset != self.max {
+            return Err(FileLogError::NotContiguous {
+                offset,
+                max: self.max,
+            });
+        }
+        let overflow = FileLogError::OffsetOverflow {
+            offset,
+            len: data.len() as u64,
+        };
+        match offset.checked_add(data.len() as u64) {
+            Some(end) if end <= MAX_LOG_OFFSET => {}
+            _ => return Err(overflow),
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let start = segment_start(self.max, self.segment_size);
+            let at = self.max - start;
+            // Below the segment size, which fits in usize (`check_segment_size`).
+            let room = (self.segment_size - at) as usize;
+            let (piece, after) = rest.split_at(rest.len().min(room));
+            let tail = self.tail_at(start)?;
+            let written = tail.file.write_all_at(piece, at);
+            let result = match written {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    // Part of `piece` may be on disk now; cut it off so that the file's length
+                    // is the log's end again, which recovery relies on.
+                    if tail.file.set_len(at).is_err() {
+                        self.poisoned = true;
+                    }
+                    Err(FileLogError::io("write to", &tail.path, e))
+                }
+            };
+            self.tail = Some(tail);
+            result?;
+            self.max += piece.len() as u64;
+            self.shared.view_mut().max = self.max;
+            rest = after;
+        }
+        Ok(self.max)
+    }
+
+    /// Appends `data` at the end of the log (a producer on the master side); returns the new
+    /// max offset.
+    pub fn append_at_end(&mut self, data: &[u8]) -> Result<u64, FileLogError> {
+        self.append_at(self.max, data)
+    }
+
+    /// Makes every byte appended so far durable, then records that in the checkpoint (module
+    /// docs, "Crash safety").
+    ///
+    /// Appends alone already survive a crash of the process; `sync` is what survives a crash of
+    /// the machine. It costs a few disk flushes, so call it on a timer or every few megabytes
+    /// (RocketMQ's flush interval), not per append. If flushing the data fails, the log refuses
+    /// further appends and syncs ([`FileLogError::Poisoned`]): after a failed fsync the kernel
+    /// may have dropped the data while a retry would report success.
+    pub fn sync(&mut self) -> Result<(), FileLogError> {
+        if self.poisoned {
+            return Err(FileLogError::Poisoned);
+        }
+        let target = self.max;
+        for segment in self.unsynced.iter().chain(&self.tail) {
+            if let Err(e) = segment.file.sync_data() {
+                self.poisoned = true;
+                return Err(FileLogError::io("fsync", &segment.path, e));
+            }
+        }
+        self.unsynced.clear();
+        if self.dir_dirty {
+            sync_dir(&self.commitlog)?;
+            self.dir_dirty = false;
+        }
+        if self.checkpointed != Some((self.min, target)) {
+            self.write_checkpoint(self.min, target)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs (see [`sync`](Self::sync)) and closes the store.
+    pub fn close(mut self) -> Result<(), FileLogError> {
+        self.sync()
+    }
+
+    /// Deletes whole segment files that lie entirely below `offset` (RocketMQ's retention: files
+    /// are deleted, never trimmed) and returns the new min offset: the oldest remaining file's
+    /// start, or the recorded start if that file is still the first.
+    ///
+    /// Like RocketMQ, the last segment file is never deleted, so the store keeps its end
+    /// offset. Syncs first, because recovery after a reboot keeps only synced bytes and they
+    /// must still reach the new min offset.
+    pub fn delete_segments_before(&mut self, offset: u64) -> Result<u64, FileLogError> {
+        let limit = segment_start(offset.min(self.max), self.segment_size);
+        let doomed: Vec<u64> = {
+            let view = self.shared.view();
+            let last = view.segments.keys().next_back().copied();
+            view.segments
+                .range(..limit)
+                .map(|(&start, _)| start)
+                .filter(|&start| Some(start) != last)
+                .collect()
+        };
+        if doomed.is_empty() {
+            return Ok(self.min);
+        }
+        self.sync()?;
+        for start in doomed {
+            // Oldest first: a crash part-way leaves a contiguous store whose first file
+            // gives the min offset.
+            remove_file(&self.segment_path(start))?;
+            self.min = self.min.max(start + self.segment_size);
+            let mut view = self.shared.view_mut();
+            view.segments.remove(&start);
+            view.min = self.min;
+        }
+        Ok(self.min)
+    }
+
+    /// A copy of the log bytes `[start, end)`, for checks and tests.
+    pub fn copy_range(&self, start: u64, end: u64) -> Result<Vec<u8>, FileLogError> {
+        copy_range(&self.shared, start, end)
+    }
+
+    /// Makes `offset` the start of a store that holds no bytes (§4.4: an empty slave starts
+    /// where the master says). Crash ordering in the module docs.
+    fn restart_at(&mut self, offset: u64) -> Result<(), FileLogError> {
+        debug_assert_eq!(self.min, self.max, "only an empty store may move its start");
+        self.tail = None;
+        self.unsynced.clear();
+        // An empty store has at most one file, shorter than its start: it holds no log bytes.
+        let leftovers = self.segment_starts();
+        for &start in &leftovers {
+            remove_file(&self.segment_path(start))?;
+            self.shared.view_mut().segments.remove(&start);
+        }
+        if !leftovers.is_empty() {
+            // Durable before the checkpoint moves: a resurrected leftover below a new start
+            // would pass for log bytes after a reboot.
+            sync_dir(&self.commitlog)?;
+        }
+        // The checkpoint names the start before any file exists at it: on its own, a segment
+        // file would make its first byte the log's start.
+        self.write_checkpoint(offset, offset)?;
+        self.min = offset;
+        self.max = offset;
+        let mut view = self.shared.view_mut();
+        view.min = offset;
+        view.max = offset;
+        Ok(())
+    }
+
+    /// The open segment file starting at `start`, creating and mapping it if it is new. The
+    /// caller puts it back into `self.tail`.
+    fn tail_at(&mut self, start: u64) -> Result<OpenSegment, FileLogError> {
+        match self.tail.take() {
+            Some(tail) if tail.start == start => Ok(tail),
+            previous => match self.open_segment(start) {
+                Ok(tail) => {
+                    self.unsynced.extend(previous);
+                    Ok(tail)
+                }
+                Err(e) => {
+                    self.tail = previous;
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    fn open_segment(&mut self, start: u64) -> Result<OpenSegment, FileLogError> {
+        let path = self.segment_path(start);
+        if self.shared.view().segments.contains_key(&start) {
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| FileLogError::io("open", &path, e))?;
+            return Ok(OpenSegment { start, path, file });
+        }
+        // `create_new`: a file we do not know about must not be written over.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| FileLogError::io("create", &path, e))?;
+        self.dir_dirty = true;
+        let map = match map_segment(&file, &path, self.segment_size) {
+            Ok(map) => map,
+            Err(e) => {
+                // An empty last file would be harmless, but the next attempt must be able to
+                // create it again.
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        self.shared.view_mut().segments.insert(start, map);
+        Ok(OpenSegment { start, path, file })
+    }
+
+    fn write_checkpoint(&mut self, base: u64, synced_max: u64) -> Result<(), FileLogError> {
+        Checkpoint {
+            segment_size: self.segment_size,
+            base,
+            synced_max,
+            boot_id: self.boot_id.clone(),
+        }
+        .store(&self.root)?;
+        self.checkpointed = Some((base, synced_max));
+        Ok(())
+    }
+}
+
+impl fmt::Debug for FileLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLog")
+            .field("root", &self.root)
+            .field("segment_size", &self.segment_size)
+            .field("min", &self.min)
+            .field("max", &self.max)
+            .field("segments", &self.shared.view().segments.len())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl LogSource for FileLog {
+    fn min_offset(&self) -> u64 {
+        self.min
+    }
+
+    fn max_offset(&self) -> u64 {
+        self.max
+    }
+
+    fn segment_size(&self) -> u64 {
+        self.segment_size
+    }
+
+    fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
+        Ok(self.shared.read(offset, max_len)?)
+    }
+}
+
+impl LogSink for FileLog {
+    fn append(&mut self, offset: u64, data: Bytes) -> Result<u64, LogError> {
+        Ok(self.append_at(offset, &data)?)
+    }
+}
+
+/// A read handle on a [`FileLog`] for other threads: clonable, `Send + Sync`, zero-copy reads.
+///
+/// It sees the log as the writer last published it: the offsets and segments of the moment of
+/// each call. Its [`LogSource::min_offset`] and [`LogSource::max_offset`] are read under a
+/// short shared lock.
+#[derive(Clone)]
+pub struct FileLogReader {
+    shared: Arc<Shared>,
+}
+
+impl FileLogReader {
+    /// A copy of the log bytes `[start, end)`, for checks and tests.
+    pub fn copy_range(&self, start: u64, end: u64) -> Result<Vec<u8>, FileLogError> {
+        copy_range(&self.shared, start, end)
+    }
+}
+
+impl fmt::Debug for FileLogReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let view = self.shared.view();
+        f.debug_struct("FileLogReader")
+            .field("segment_size", &self.shared.segment_size)
+            .field("min", &view.min)
+            .field("max", &view.max)
+            .finish()
+    }
+}
+
+impl LogSource for FileLogReader {
+    fn min_offset(&self) -> u64 {
+        self.shared.view().min
+    }
+
+    fn max_offset(&self) -> u64 {
+        self.shared.view().max
+    }
+
+    fn segment_size(&self) -> u64 {
+        self.shared.segment_size
+    }
+
+    fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
+        Ok(self.shared.read(offset, max_len)?)
+    }
+}
+
+fn copy_range(shared: &Shared, start: u64, end: u64) -> Result<Vec<u8>, FileLogError> {
+    let mut out = Vec::with_capacity(usize::try_from(end.saturating_sub(start)).unwrap_or(0));
+    let mut at = start;
+    while at < end {
+        let want = usize::try_from(end - at).unwrap_or(usize::MAX);
+        let piece = shared.read(at, want)?;
+        if piece.is_empty() {
+            return Err(FileLogError::AboveMax {
+                offset: end,
+                max: at,
+            });
+        }
+        at += piece.len() as u64;
+        out.extend_from_slice(&piece);
+    }
+    Ok(out)
+}
+
+/// How two logs relate, from [`compare_logs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogComparison {
+    /// The first log's retained range `[min, max)`.
+    pub a: Range<u64>,
+    /// The second log's retained range.
+    pub b: Range<u64>,
+    /// The first offset, within both ranges, at which the bytes differ; `None` if the logs
+    /// agree wherever both hold bytes.
+    pub first_difference: Option<u64>,
+}
+
+impl LogComparison {
+    /// Both logs hold the same range and the same bytes.
+    pub fn identical(&self) -> bool {
+        self.a == self.b && self.first_difference.is_none()
+    }
+
+    /// The logs agree wherever both hold bytes, and `a` ends no later than `b`: what a slave's
+    /// log (`a`) must be to its master's (`b`) (§8).
+    pub fn a_is_prefix_of_b(&self) -> bool {
+        self.first_difference.is_none() && self.a.end <= self.b.end
+    }
+}
+
+/// Compares two logs byte for byte where their retained ranges overlap, e.g. a slave's store
+/// with its master's, or a [`FileLog`] with a [`MemoryLog`](rocketmq_ha::MemoryLog).
+pub fn compare_logs<A, B>(a: &A, b: &B) -> Result<LogComparison, LogError>
+where
+    A: LogSource + ?Sized,
+    B: LogSource + ?Sized,
+{
+    const CHUNK: usize = 1 << 20;
+    let range_a = a.min_offset()..a.max_offset();
+    let range_b = b.min_offset()..b.max_offset();
+    let end = range_a.end.min(range_b.end);
+    let mut at = range_a.start.max(range_b.start);
+    let mut first_difference = None;
+    while at < end {
+        let want = usize::try_from(end - at).map_or(CHUNK, |n| n.min(CHUNK));
+        let left = a.read(at, want)?;
+        let right = b.read(at, left.len())?;
+        let n = left.len().min(right.len());
+        if n == 0 {
+            // Both promise at least one byte below their max; a log that breaks it is broken.
+            return Err(LogError::AboveMax {
+                offset: at,
+                max: at,
+            });
+        }
+        if let Some(i) = left[..n].iter().zip(&right[..n]).position(|(x, y)| x != y) {
+            first_difference = Some(at + i as u64);
+            break;
+        }
+        at += n as u64;
+    }
+    Ok(LogComparison {
+        a: range_a,
+        b: range_b,
+        first_difference,
+    })
+}
+
+fn check_segment_size(segment_size: u64) -> Result<(), FileLogError> {
+    // Each segment is mapped whole, so it must fit in the address space.
+    let max = isize::MAX as u64;
+    if segment_size == 0 || segment_size > max {
+        return Err(FileLogError::InvalidSegmentSize {
+            size: segment_size,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a checkpoint written under boot `recorded` may trust the page cache of boot `now`:
+/// yes if they are the same boot, and, lacking a way to tell, yes as well (module docs).
+fn same_boot(recorded: Option<&str>, now: Option<&str>) -> bool {
+    match (recorded, now) {
+        (Some(recorded), Some(now)) => recorded == now,
+        _ => true,
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), FileLogError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        // Already gone (a crash part-way through an earlier deletion): the goal is reached.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(FileLogError::io("delete", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch store directory, removed again when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "rocketmq-ha-file-log-unit-{name}-{}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const F: u64 = 4096;
+
+    fn pattern(start: u64, len: u64) -> Vec<u8> {
+        (start..start + len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn after_a_reboot_only_synced_bytes_are_trusted() {
+        let store = Scratch::new("reboot");
+        let mut log = FileLog::create(&store.0, F).unwrap();
+        log.append_at_end(&pattern(0, 2 * F + 100)).unwrap();
+        log.sync().unwrap();
+        let synced = log.max_offset();
+        // Unsynced: fills the third segment and starts two more.
+        log.append_at_end(&pattern(synced, 3 * F)).unwrap();
+        assert_eq!(log.segment_starts(), vec![0, F, 2 * F, 3 * F, 4 * F, 5 * F]);
+        drop(log);
+
+        // The same boot: only the process died, the files are trusted.
+        let same = FileLog::open_with_boot_id(&store.0, F, current_boot_id()).unwrap();
+        assert_eq!(same.max_offset(), synced + 3 * F);
+        drop(same);
+
+        let rebooted = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
+        assert_eq!(rebooted.max_offset(), synced);
+        assert_eq!(rebooted.segment_starts(), vec![0, F, 2 * F]);
+        assert_eq!(
+            fs::metadata(rebooted.segment_path(2 * F)).unwrap().len(),
+            synced - 2 * F
+        );
+        assert!(!rebooted.segment_path(3 * F).exists());
+        assert_eq!(rebooted.copy_range(0, synced).unwrap(), pattern(0, synced));
+        drop(rebooted);
+
+        // Recovery recorded the new boot, so its own files are trusted from now on.
+        let mut again = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
+        assert_eq!(again.max_offset(), synced);
+        again.append_at_end(&pattern(synced, 10)).unwrap();
+        drop(again);
+        let again = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
+        assert_eq!(again.max_offset(), synced + 10);
+        assert_eq!(
+            again.copy_range(0, synced + 10).unwrap(),
+            pattern(0, synced + 10)
+        );
+    }
+
+    #[test]
+    fn a_reboot_before_any_sync_leaves_a_mid_log_slave_empty_at_its_start() {
+        let store = Scratch::new("reboot-mid-log");
+        let start = 3 * F + 100;
+        let mut log = FileLog::create(&store.0, F).unwrap();
+        log.append(start, Bytes::from(pattern(start, F))).unwrap();
+        assert_eq!(log.segment_starts(), vec![3 * F, 4 * F]);
+        drop(log);
+
+        let rebooted = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
+        assert_eq!(
+            (rebooted.min_offset(), rebooted.max_offset()),
+            (start, start)
+        );
+        assert_eq!(rebooted.segment_starts(), vec![3 * F]);
+        assert_eq!(
+            fs::metadata(rebooted.segment_path(3 * F)).unwrap().len(),
+            100
+        );
+        drop(rebooted);
+
+        // Still empty, so the slave may start anywhere again.
+        let mut log = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
+        assert_eq!(log.append_at(7 * F, &pattern(7 * F, 5)).unwrap(), 7 * F + 5);
+        assert_eq!(log.segment_starts(), vec![7 * F]);
+        assert!(!log.segment_path(3 * F).exists());
+    }
+
+    #[test]
+    fn boot_ids_are_compared_only_when_both_are_known() {
+        assert!(same_boot(Some("a"), Some("a")));
+        assert!(!same_boot(Some("a"), Some("b")));
+        assert!(same_boot(None, Some("b")));
+        assert!(same_boot(Some("a"), None));
+    }
+}
