@@ -435,6 +435,11 @@ impl<L> MasterHandle<L> {
         lock(&self.inner.state).service.ack_frontier()
     }
 
+    /// Sync waits not yet completed.
+    pub fn pending_waits(&self) -> usize {
+        lock(&self.inner.state).service.pending_waits()
+    }
+
     /// Takes the record of connections that ended since the last call (at most the last 64).
     pub fn take_closed(&self) -> Vec<ClosedConnection> {
         lock(&self.inner.state).closed.drain(..).collect()
@@ -495,6 +500,8 @@ impl<L> MasterHandle<L> {
             .service
             .wait_for(Instant::now(), offset, acks, deadline);
         state.settle();
+        drop(state);
+        self.inner.changed.notify(usize::MAX);
         Wait {
             master: self,
             ticket,
