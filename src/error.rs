@@ -25,6 +25,15 @@ pub enum WireError {
         /// The configured `max_frame_size`.
         max: u64,
     },
+    /// A transfer frame would end past `i64::MAX`, the largest offset the wire can carry: no
+    /// commit log holds such bytes, and the receiver could never report their end.
+    #[error("transfer frame at offset {offset} with {body_len} body bytes ends past i64::MAX")]
+    OffsetOverflow {
+        /// The frame's offset.
+        offset: u64,
+        /// The frame's body size.
+        body_len: u32,
+    },
 }
 
 /// A configuration value that is out of range; returned when a [`Config`](crate::Config) is built.

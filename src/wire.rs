@@ -144,6 +144,11 @@ impl TransferHeader {
                 max: u64::from(max_frame_size),
             });
         }
+        // A slave that appended such a frame could not encode its next report (found by the
+        // `client_stream` fuzz target).
+        if offset + u64::from(body_len) > i64::MAX as u64 {
+            return Err(WireError::OffsetOverflow { offset, body_len });
+        }
         Ok(TransferHeader { offset, body_len })
     }
 
@@ -342,6 +347,26 @@ mod tests {
             TransferHeader::decode(bytes, JAVA_MAX_FRAME_SIZE),
             Err(WireError::NegativeOffset(i64::MIN))
         );
+    }
+
+    #[test]
+    fn frame_ending_past_the_largest_offset_is_rejected() {
+        let mut bytes = [0u8; 12];
+        bytes[..8].copy_from_slice(&(i64::MAX - 4).to_be_bytes());
+        bytes[8..].copy_from_slice(&4i32.to_be_bytes());
+        assert!(TransferHeader::decode(bytes, JAVA_MAX_FRAME_SIZE).is_ok());
+        bytes[8..].copy_from_slice(&5i32.to_be_bytes());
+        assert_eq!(
+            TransferHeader::decode(bytes, JAVA_MAX_FRAME_SIZE),
+            Err(WireError::OffsetOverflow {
+                offset: i64::MAX as u64 - 4,
+                body_len: 5
+            })
+        );
+        // A heartbeat at the very top is fine: it names no byte.
+        bytes[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        bytes[8..].copy_from_slice(&0i32.to_be_bytes());
+        assert!(TransferHeader::decode(bytes, JAVA_MAX_FRAME_SIZE).is_ok());
     }
 
     #[test]
