@@ -324,9 +324,11 @@ impl MasterService {
     fn complete_satisfied(&mut self) {
         // Walk the groups by key rather than collecting them: completing a waiter may remove
         // its group, and an ack must not allocate.
-        let mut from = 0;
-        while let Some(&k) = self.by_offset.range(from..).next().map(|(k, _)| k) {
-            from = k + 1;
+        // `None` once the group `usize::MAX` was visited: `k + 1` would overflow (found by the
+        // `waiters` fuzz target; wrapping to 0 in release builds looped forever).
+        let mut from = Some(0);
+        while let Some(k) = from.and_then(|f| self.by_offset.range(f..).next().map(|(k, _)| *k)) {
+            from = k.checked_add(1);
             let Some(reached) = self.acked_by(k) else {
                 continue;
             };
@@ -546,6 +548,31 @@ mod tests {
         assert_eq!(s.in_sync_count(1050), 1, "950 is exactly 100 behind");
         assert_eq!(s.in_sync_count(1100), 0);
         assert_eq!(s.in_sync_count(10), 2);
+    }
+
+    #[test]
+    fn a_wait_for_usize_max_acks_never_completes_early_nor_hangs() {
+        let (mut s, t0) = svc();
+        let a = s.register(t0);
+        let d = t0 + Duration::from_secs(1);
+        let never = s.wait_for(t0, 1, usize::MAX, d);
+        let one = s.wait_for(t0, 1, 1, d);
+        s.handle_ack(a, t0, 5);
+        assert_eq!(
+            drain(&mut s),
+            vec![SyncCompletion {
+                ticket: one,
+                result: Ok(())
+            }]
+        );
+        s.handle_timeout(d);
+        assert_eq!(
+            drain(&mut s),
+            vec![SyncCompletion {
+                ticket: never,
+                result: Err(SyncError::Timeout)
+            }]
+        );
     }
 
     #[test]
