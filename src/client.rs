@@ -91,6 +91,9 @@ pub struct HaClient {
     reported: Option<u64>,
     report_due: bool,
     last_read: Instant,
+    /// Bytes the driver's buffer held after the last dispatch (an incomplete frame): only bytes
+    /// beyond these are newly read.
+    leftover: usize,
 }
 
 impl HaClient {
@@ -114,6 +117,7 @@ impl HaClient {
             reported: None,
             report_due: false,
             last_read: now,
+            leftover: 0,
         }
     }
 
@@ -164,6 +168,7 @@ impl HaClient {
         // §4.2: report at once; the master sends nothing until it has our offset.
         self.report_due = true;
         self.last_read = now;
+        self.leftover = 0;
         self.timers.stop(Timer::Reconnect);
         self.timers.set(
             Timer::Housekeeping,
@@ -197,7 +202,10 @@ impl HaClient {
         if self.state != State::Connected {
             return Err(ClientError::Misuse("input while not connected"));
         }
-        if !buf.is_empty() {
+        // §4.6 measures time since the last byte *read*: a call that brings no new bytes (the
+        // same incomplete frame handed in again) must not keep a silent master alive. Found by
+        // the `client_stream` fuzz target.
+        if buf.len() > self.leftover {
             self.last_read = now;
             self.timers.set(
                 Timer::Housekeeping,
@@ -205,6 +213,7 @@ impl HaClient {
             );
         }
         let result = self.dispatch(buf);
+        self.leftover = buf.len();
         if result.is_err() {
             self.wait_to_reconnect(now);
         }
@@ -470,6 +479,31 @@ mod tests {
         let err = c.handle_timeout(t0 + Duration::from_secs(35)).unwrap_err();
         assert!(matches!(err, ClientError::HousekeepingTimeout { .. }));
         assert!(!c.is_connected());
+    }
+
+    #[test]
+    fn an_incomplete_frame_handed_in_again_is_not_a_read() {
+        let (mut c, t0) = connected(8);
+        let mut buf = BytesMut::from(&frame(8, b"abc")[..5]);
+        c.handle_input(t0, &mut buf).unwrap();
+        assert_eq!(buf.len(), 5);
+        // The driver dispatches again without reading anything new: no bytes, no keep-alive.
+        let later = t0 + Duration::from_secs(10);
+        c.handle_input(later, &mut buf).unwrap();
+        let housekeeping = t0 + Duration::from_secs(20);
+        let err = c.handle_timeout(housekeeping).unwrap_err();
+        assert!(matches!(
+            err,
+            ClientError::HousekeepingTimeout { idle } if idle == Duration::from_secs(20)
+        ));
+        // A byte that completes nothing is still a read.
+        let (mut c, t0) = connected(8);
+        let mut buf = BytesMut::from(&frame(8, b"abc")[..5]);
+        c.handle_input(t0, &mut buf).unwrap();
+        buf.extend_from_slice(&frame(8, b"abc")[5..6]);
+        c.handle_input(later, &mut buf).unwrap();
+        c.handle_timeout(housekeeping).unwrap();
+        assert!(c.is_connected());
     }
 
     #[test]
