@@ -415,16 +415,6 @@ impl FileLog {
         if self.poisoned {
             return Err(FileLogError::Poisoned);
         }
-        if data.is_empty() {
-            return if offset == self.max {
-                Ok(self.max)
-            } else {
-                Err(FileLogError::NotContiguous {
-                    offset,
-                    max: self.max,
-                })
-            };
-        }
         if self.min == self.max && offset != self.max {
             self.restart_at(offset)?;
         }
