@@ -1,0 +1,186 @@
+//! The `rocketmq-ha` program as a user runs it: the demo on every transport, a master and a
+//! slave in separate processes, help, and readable errors.
+
+#![cfg(feature = "cli")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rocketmq_ha::LogSource;
+use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rocketmq-ha");
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run rocketmq-ha");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn demo_replicates_and_verifies_on_every_transport() {
+    for transport in ["blocking", "smol", "tokio"] {
+        let (ok, stdout, stderr) = run(&[
+            "demo",
+            "--bytes",
+            "24MiB",
+            "--segment-size",
+            "8MiB",
+            "--transport",
+            transport,
+        ]);
+        assert!(ok, "demo over {transport} failed:\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("byte-identical") && stdout.contains("MB/s"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("({transport} transport)")),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn help_is_available_everywhere() {
+    for args in [
+        &["--help"][..],
+        &["master", "--help"],
+        &["slave", "--help"],
+        &["demo", "--help"],
+    ] {
+        let (ok, stdout, _) = run(args);
+        assert!(
+            ok && stdout.contains("Usage: rocketmq-ha"),
+            "{args:?}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_a_readable_error() {
+    let (ok, _, stderr) = run(&["demo", "--bytes", "12parsecs"]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown size unit"), "{stderr}");
+
+    let store = TempStore::new("bad-segment");
+    let (ok, _, stderr) = run(&[
+        "slave",
+        "--master",
+        "127.0.0.1:1",
+        "--store",
+        store.path(),
+        "--segment-size",
+        "0",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("rocketmq-ha: error: opening store") && stderr.contains("segment size"),
+        "{stderr}"
+    );
+}
+
+/// A master process and a slave process with `--until`: the slave exits 0 with the bytes.
+#[test]
+fn slave_until_exits_once_it_has_the_masters_bytes() {
+    let master_store = TempStore::new("master");
+    let slave_store = TempStore::new("slave");
+    let segment = 4u64 << 20;
+    let total = 10u64 << 20;
+    {
+        let mut log = FileLog::create(master_store.path(), segment).unwrap();
+        let data: Vec<u8> = (0..total).map(|i| (i % 253) as u8).collect();
+        log.append_at_end(&data).unwrap();
+        log.close().unwrap();
+    }
+    let mut master = KillOnDrop(
+        Command::new(BIN)
+            .args(["master", "--listen", "127.0.0.1:0", "--from-oldest"])
+            .args(["--store", master_store.path(), "--segment-size", "4MiB"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = listening_address(&mut master.0);
+
+    let slave = Command::new(BIN)
+        .args(["slave", "--master", &addr.to_string(), "--until", "10MiB"])
+        .args(["--store", slave_store.path(), "--segment-size", "4MiB"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&slave.stdout);
+    assert!(
+        slave.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&slave.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("reached offset {total}")),
+        "{stdout}"
+    );
+    drop(master);
+
+    let ours = FileLog::open(master_store.path(), segment).unwrap();
+    let theirs = FileLog::open(slave_store.path(), segment).unwrap();
+    assert_eq!(theirs.max_offset(), total);
+    assert!(compare_logs(&ours, &theirs).unwrap().identical());
+}
+
+/// Reads the master's stderr until it says where it listens.
+fn listening_address(master: &mut Child) -> SocketAddr {
+    let stderr = master.stderr.take().expect("piped stderr");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("master output");
+        if let Some(rest) = line.strip_prefix("master listening on ") {
+            let addr = rest.split_whitespace().next().expect("an address");
+            return addr.parse().expect("a socket address");
+        }
+        assert!(Instant::now() < deadline, "the master never listened");
+    }
+    panic!("the master exited before listening");
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A directory under the target directory, removed on drop.
+struct TempStore(PathBuf);
+
+impl TempStore {
+    fn new(name: &str) -> TempStore {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "cli-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        TempStore(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 path")
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
