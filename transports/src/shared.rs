@@ -8,7 +8,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -744,9 +744,9 @@ impl<L> std::fmt::Debug for SlaveHandle<L> {
 impl<L> SlaveHandle<L> {
     /// A slave replicating from `master` into `log`. The reconnect jitter seed is random.
     pub fn new(master: SocketAddr, log: L, config: Config) -> Self {
-        let mut hasher = RandomState::new().build_hasher();
-        master.hash(&mut hasher);
-        Self::with_seed(master, SharedLog::new(log), config, hasher.finish())
+        // A per-process random seed: slaves started together must not reconnect in lockstep.
+        let seed = RandomState::new().hash_one(master);
+        Self::with_seed(master, SharedLog::new(log), config, seed)
     }
 
     /// A slave replicating into an already shared log, with a fixed reconnect jitter `seed`.
