@@ -1,0 +1,267 @@
+//! The `sim` test target: runs the deterministic simulator over many seeds, replays the
+//! regression seeds, and checks that a seed always produces the same trace.
+//!
+//! * `HA_SIM_SEED=<seed>` runs that one seed (add `-- --nocapture` to see its trace hash;
+//!   `HA_SIM_TRACE=1` also prints every trace line).
+//! * `HA_SIM_RUNS=<n>` sets how many seeds the default run covers (from `HA_SIM_FIRST_SEED`,
+//!   default 0).
+//!
+//! The simulator itself lives in `lib.rs` (shared with the fuzz target `sim_schedule`).
+
+#[path = "lib.rs"]
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use sim::{Entropy, Fault, Faults, Options, Outcome, ALL_FAULTS};
+
+/// Seeds the default run covers: sized for about two to four minutes on two cores in the test
+/// profile (opt-level 2 with debug assertions).
+const DEFAULT_RUNS: u64 = 2_000;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    let value = value.trim();
+    let parsed = match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => value.parse(),
+    };
+    Some(parsed.unwrap_or_else(|e| panic!("{name}={value}: {e}")))
+}
+
+fn options() -> Options {
+    Options {
+        echo_trace: std::env::var_os("HA_SIM_TRACE").is_some(),
+        ..Options::default()
+    }
+}
+
+/// The checked-in seeds that once failed.
+fn regressions() -> Vec<u64> {
+    include_str!("regressions.txt")
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .unwrap_or_else(|e| panic!("regressions.txt: {s:?}: {e}"))
+        })
+        .collect()
+}
+
+/// Runs `seeds` on a few threads (each run is single-threaded and deterministic) and returns
+/// the outcomes in seed order, or the failures.
+fn run_all(seeds: &[u64], options: &Options) -> Result<Vec<(u64, Outcome, Duration)>, Vec<String>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let chunks: Vec<Vec<u64>> = (0..workers)
+        .map(|w| seeds.iter().copied().skip(w).step_by(workers).collect())
+        .collect();
+    let results: Vec<Vec<(u64, Result<(Outcome, Duration), String>)>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|&seed| {
+                                let started = Instant::now();
+                                let result =
+                                    sim::run_seed(seed, options).map_err(|f| f.to_string());
+                                (seed, result.map(|o| (o, started.elapsed())))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker thread"))
+                .collect()
+        });
+    let mut all: Vec<(u64, Result<(Outcome, Duration), String>)> =
+        results.into_iter().flatten().collect();
+    all.sort_by_key(|(seed, _)| *seed);
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err().cloned())
+        .collect();
+    if failures.is_empty() {
+        Ok(all
+            .into_iter()
+            .map(|(s, r)| {
+                let (o, t) = r.expect("no failures");
+                (s, o, t)
+            })
+            .collect())
+    } else {
+        Err(failures)
+    }
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[(sorted.len() - 1) * p / 100]
+}
+
+fn summarize(outcomes: &[(u64, Outcome, Duration)]) {
+    let n = outcomes.len();
+    let mut catch_up: Vec<Duration> = outcomes.iter().map(|(_, o, _)| o.catch_up).collect();
+    catch_up.sort();
+    let mut after_partition: Vec<Duration> = outcomes
+        .iter()
+        .filter(|(_, o, _)| o.partitioned_at_heal)
+        .map(|(_, o, _)| o.catch_up)
+        .collect();
+    after_partition.sort();
+    let slack = outcomes
+        .iter()
+        .map(|(_, o, _)| o.catch_up.as_secs_f64() / o.catch_up_bound.as_secs_f64())
+        .fold(0.0f64, f64::max);
+    let steps: u64 = outcomes.iter().map(|(_, o, _)| o.steps).sum();
+    let bytes: u64 = outcomes.iter().map(|(_, o, _)| o.bytes_written).sum();
+    let (ok, timeout, shutdown) = outcomes.iter().fold((0, 0, 0), |a, (_, o, _)| {
+        (a.0 + o.tickets.0, a.1 + o.tickets.1, a.2 + o.tickets.2)
+    });
+    println!("{n} runs, {steps} steps, {bytes} bytes written, sync waits ok/timeout/shutdown {ok}/{timeout}/{shutdown}");
+    println!(
+        "catch-up after heal: p50 {:?} p90 {:?} p99 {:?} max {:?} (max fraction of bound {slack:.3})",
+        percentile(&catch_up, 50),
+        percentile(&catch_up, 90),
+        percentile(&catch_up, 99),
+        catch_up.last().copied().unwrap_or_default()
+    );
+    println!(
+        "catch-up with a partition in force at heal ({} runs): p50 {:?} p90 {:?} p99 {:?} max {:?}",
+        after_partition.len(),
+        percentile(&after_partition, 50),
+        percentile(&after_partition, 90),
+        percentile(&after_partition, 99),
+        after_partition.last().copied().unwrap_or_default()
+    );
+    let divergent: usize = outcomes.iter().map(|(_, o, _)| o.divergent_slaves).sum();
+    let wiped: usize = outcomes.iter().map(|(_, o, _)| o.wiped_slaves).sum();
+    println!(
+        "slaves left divergent by a lost master tail: {divergent}; wiped below retention: {wiped}"
+    );
+    let coverage: Vec<String> = ALL_FAULTS
+        .iter()
+        .map(|&f| {
+            let on = outcomes.iter().filter(|(_, o, _)| o.faults.has(f)).count();
+            format!("{f:?} {on}")
+        })
+        .collect();
+    println!("fault kinds on (runs): {}", coverage.join(", "));
+    let mut slowest: Vec<(Duration, u64, u64)> =
+        outcomes.iter().map(|(s, o, t)| (*t, *s, o.steps)).collect();
+    slowest.sort();
+    slowest.reverse();
+    let shown: Vec<String> = slowest
+        .iter()
+        .take(3)
+        .map(|(t, s, steps)| format!("seed {s} {t:?} ({steps} steps)"))
+        .collect();
+    println!("slowest: {}", shown.join(", "));
+}
+
+/// The default run: the regression seeds, then `HA_SIM_RUNS` seeds; or just `HA_SIM_SEED`.
+#[test]
+fn simulated_seeds_keep_every_invariant() {
+    let options = options();
+    if let Some(seed) = env_u64("HA_SIM_SEED") {
+        match sim::run_seed(seed, &options) {
+            Ok(o) => {
+                println!(
+                    "seed {seed}: faults [{}], {} slaves, {} steps, virtual {:?}, catch-up {:?} (bound {:?})",
+                    o.faults, o.slaves, o.steps, o.virtual_time, o.catch_up, o.catch_up_bound
+                );
+                println!("trace hash: {:016x}", o.trace_hash);
+            }
+            Err(f) => panic!("{f}"),
+        }
+        return;
+    }
+    let runs = env_u64("HA_SIM_RUNS").unwrap_or(DEFAULT_RUNS);
+    let first = env_u64("HA_SIM_FIRST_SEED").unwrap_or(0);
+    let mut seeds = regressions();
+    seeds.extend(first..first + runs);
+    let started = Instant::now();
+    match run_all(&seeds, &options) {
+        Ok(outcomes) => {
+            summarize(&outcomes);
+            println!("{} seeds in {:?}", seeds.len(), started.elapsed());
+        }
+        Err(failures) => {
+            for f in failures.iter().take(3) {
+                eprintln!("{f}");
+            }
+            panic!(
+                "{} of {} seeds failed (first shown above)",
+                failures.len(),
+                seeds.len()
+            );
+        }
+    }
+}
+
+/// A seed is a complete description of a run: running it twice gives the same trace.
+#[test]
+fn same_seed_gives_same_trace_hash() {
+    let options = Options::default();
+    let mut hashes = Vec::new();
+    for seed in [1u64, 7, 12_345, u64::MAX] {
+        let a = sim::run_seed(seed, &options).unwrap_or_else(|f| panic!("{f}"));
+        let b = sim::run_seed(seed, &options).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} is not deterministic"
+        );
+        assert_eq!(a.steps, b.steps);
+        hashes.push(a.trace_hash);
+    }
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(
+        hashes.len(),
+        4,
+        "different seeds should give different traces"
+    );
+}
+
+/// An empty (or exhausted) byte input is the calm run: no faults, and it passes.
+#[test]
+fn exhausted_entropy_runs_calmly() {
+    let o = sim::run(Entropy::from_bytes(&[])).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(o.faults, Faults::NONE);
+    assert!(o.bytes_written > 0);
+    assert_eq!(o.divergent_slaves, 0);
+}
+
+/// Catch-up time after a partition heals, over seeds where only partitions (and latency)
+/// are injected.
+#[test]
+fn slaves_catch_up_after_a_partition_heals() {
+    let faults = Faults::NONE
+        .with(Fault::PartitionOneWay)
+        .with(Fault::PartitionTwoWay)
+        .with(Fault::Latency);
+    let options = Options {
+        faults: Some(faults),
+        ..options()
+    };
+    let seeds: Vec<u64> = (1_000_000..1_000_200).collect();
+    let outcomes = run_all(&seeds, &options).unwrap_or_else(|f| panic!("{}", f[0]));
+    let partitioned = outcomes
+        .iter()
+        .filter(|(_, o, _)| o.partitioned_at_heal)
+        .count();
+    assert!(
+        partitioned > 0,
+        "no run had a partition in force at the heal"
+    );
+    summarize(&outcomes);
+}
