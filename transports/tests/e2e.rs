@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rocketmq_ha::{
     ClientError, Config, MasterError, MemoryLog, StartPosition, SyncError, WireError,
 };
+use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
 use rocketmq_ha_transports::{Error, MasterHandle, SlaveHandle, Transport};
 
 const MIB: u64 = 1024 * 1024;
@@ -392,6 +393,66 @@ fn garbage_from_the_master_is_a_typed_error_and_the_slave_recovers(transport: Tr
     client.shutdown().unwrap();
 }
 
+/// A directory under the target directory for one test's stores, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn file_stores_replicate_and_a_restarted_slave_resumes(transport: Transport) {
+    let dir = TempDir::new(&format!("file-{transport}"));
+    let (master_dir, slave_dir) = (dir.0.join("master"), dir.0.join("slave"));
+    let segment = 8 * MIB;
+    let mut log = FileLog::create(&master_dir, segment).unwrap();
+    log.append_at_end(&pattern(0, 20 * MIB)).unwrap();
+    let master = MasterHandle::new(log, config());
+    let server = transport.spawn_master(loopback(), master.clone()).unwrap();
+    let addr = server.local_addr().unwrap();
+
+    let start_slave = |log: FileLog| {
+        let slave = SlaveHandle::new(addr, log, config());
+        (transport.spawn_slave(slave.clone()).unwrap(), slave)
+    };
+    let same = |slave: &SlaveHandle<FileLog>| {
+        compare_logs(&*master.log().read(), &*slave.log().read()).unwrap()
+    };
+    let (client, slave) = start_slave(FileLog::create(&slave_dir, segment).unwrap());
+    assert!(slave.wait_until_blocking(deadline(), |s| s.log().max_offset() == 20 * MIB));
+    assert!(same(&slave).identical());
+
+    // Stop the slave, grow the master, restart the slave from its store on disk.
+    client.shutdown().unwrap();
+    slave.log().update(FileLog::sync).unwrap();
+    drop(slave);
+    master.append(pattern(20 * MIB, 7 * MIB)).unwrap();
+    let (client, slave) = start_slave(FileLog::open(&slave_dir, segment).unwrap());
+    assert!(slave.wait_until_blocking(deadline(), |s| s.log().max_offset() == 27 * MIB));
+    let comparison = same(&slave);
+    assert!(comparison.identical(), "{comparison:?}");
+    // The first connection's end is seen by the master once its EOF arrives.
+    assert!(master.wait_until_blocking(deadline(), |m| m.slaves().len() == 1));
+    let requested: Vec<_> = master.slaves().iter().map(|s| s.requested).collect();
+    assert_eq!(
+        requested,
+        [Some(20 * MIB)],
+        "the restarted slave resumed from its store"
+    );
+    client.shutdown().unwrap();
+    server.shutdown().unwrap();
+}
+
 macro_rules! suite {
     ($($driver:ident => $transport:expr, $wait:expr;)*) => {$(
         mod $driver {
@@ -410,6 +471,11 @@ macro_rules! suite {
             #[test]
             fn sync_wait_completes_when_the_slave_acks() {
                 super::sync_wait_completes_when_the_slave_acks($transport, $wait);
+            }
+
+            #[test]
+            fn file_stores_replicate_and_a_restarted_slave_resumes() {
+                super::file_stores_replicate_and_a_restarted_slave_resumes($transport);
             }
 
             #[test]
