@@ -110,8 +110,8 @@ struct Shared {
 }
 
 impl Shared {
-    // Nothing panics while holding the lock, and every update leaves the view consistent, so a
-    // poisoned lock (a panic elsewhere in the same thread) still holds a good view.
+    // Nothing in this module panics while holding the lock and every update leaves the view
+    // consistent, so even a poisoned lock holds a good view.
     fn view(&self) -> RwLockReadGuard<'_, View> {
         self.view.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -161,7 +161,7 @@ struct OpenSegment {
 }
 
 /// A segmented commit log in a store directory, in RocketMQ's on-disk layout (see the
-/// [module docs](self) for the layout and the crash-safety argument).
+/// [module docs](crate::file_log) for the layout and the crash-safety argument).
 ///
 /// Methods by group:
 /// - opening: [`open`](Self::open), [`create`](Self::create),
@@ -415,6 +415,15 @@ impl FileLog {
         if self.poisoned {
             return Err(FileLogError::Poisoned);
         }
+        match offset.checked_add(data.len() as u64) {
+            Some(end) if end <= MAX_LOG_OFFSET => {}
+            _ => {
+                return Err(FileLogError::OffsetOverflow {
+                    offset,
+                    len: data.len() as u64,
+                })
+            }
+        }
         if self.min == self.max && offset != self.max {
             self.restart_at(offset)?;
         }
@@ -423,14 +432,6 @@ impl FileLog {
                 offset,
                 max: self.max,
             });
-        }
-        let overflow = FileLogError::OffsetOverflow {
-            offset,
-            len: data.len() as u64,
-        };
-        match offset.checked_add(data.len() as u64) {
-            Some(end) if end <= MAX_LOG_OFFSET => {}
-            _ => return Err(overflow),
         }
         let mut rest = data;
         while !rest.is_empty() {

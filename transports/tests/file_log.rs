@@ -169,6 +169,11 @@ fn reads_are_slices_of_the_mapping_that_outlive_retention() {
 
 #[test]
 fn a_reader_on_another_thread_sees_appends_as_they_return() {
+    // Drivers share the writer behind a lock or hand readers to other threads.
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<FileLog>();
+    shareable::<rocketmq_ha_transports::file_log::FileLogReader>();
+
     let store = Scratch::new("reader-thread");
     let mut log = FileLog::create(store.path(), F).unwrap();
     let reader = log.reader();
