@@ -3,7 +3,7 @@
 //! pulls tokio in.
 //!
 //! * [`serve`] runs a master: an accept loop plus one task per connection, all on the future's
-//!   own [`LocalExecutor`], sharing one [`MasterHandle`].
+//!   own [`Executor`], sharing one [`MasterHandle`].
 //! * [`run_slave`] runs a slave: dial, replicate, reconnect as the machine says.
 //! * [`wait_replicated`] waits for slaves to acknowledge an offset.
 //!
@@ -13,7 +13,7 @@ use std::io::{self, IoSlice};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use async_executor::{LocalExecutor, Task};
+use async_executor::{Executor, Task};
 use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rocketmq_ha::{LogSink, LogSource, SyncError};
@@ -47,13 +47,14 @@ impl Runtime for Smol {
 
 /// Serves slaves on `listener` until `master` is shut down.
 ///
-/// Each connection runs as a task on an executor owned by this future, so all of them live on
-/// the thread polling it; when the future returns or is dropped, every connection is closed.
+/// Each connection runs as a task on an executor owned by this future, so all of them run on
+/// the thread polling it (the future is `Send`: spawn it wherever you like); when the future
+/// returns or is dropped, every connection is closed.
 pub async fn serve<L>(listener: Async<TcpListener>, master: MasterHandle<L>) -> io::Result<()>
 where
-    L: LogSource,
+    L: LogSource + Send + Sync + 'static,
 {
-    let executor = LocalExecutor::new();
+    let executor = Executor::new();
     let mut tasks: Vec<Task<()>> = Vec::new();
     let accept_loop = async {
         loop {

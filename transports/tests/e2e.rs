@@ -453,6 +453,41 @@ fn file_stores_replicate_and_a_restarted_slave_resumes(transport: Transport) {
     server.shutdown().unwrap();
 }
 
+/// The async entry points are `Send`, so they can be spawned on multi-threaded executors.
+#[test]
+fn async_drivers_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let master = master_with(0);
+    let slave = slave_of(loopback());
+    let listener = async_io::Async::<TcpListener>::bind(loopback()).unwrap();
+    assert_send(&rocketmq_ha_transports::smol::serve(
+        listener,
+        master.clone(),
+    ));
+    assert_send(&rocketmq_ha_transports::smol::run_slave(slave.clone()));
+    assert_send(&rocketmq_ha_transports::smol::wait_replicated(
+        &master,
+        1,
+        1,
+        deadline(),
+    ));
+    #[cfg(feature = "tokio")]
+    {
+        use rocketmq_ha_transports::tokio as driver;
+        let runtime = ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = runtime.enter();
+        let listener = std::net::TcpListener::bind(loopback()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = ::tokio::net::TcpListener::from_std(listener).unwrap();
+        assert_send(&driver::serve(listener, master.clone()));
+        assert_send(&driver::run_slave(slave));
+        assert_send(&driver::wait_replicated(&master, 1, 1, deadline()));
+    }
+}
+
 macro_rules! suite {
     ($($driver:ident => $transport:expr, $wait:expr;)*) => {$(
         mod $driver {
