@@ -16,7 +16,7 @@ use crate::{blocking, smol, MasterHandle, SlaveHandle};
 pub enum Transport {
     /// [`blocking`]: std sockets, threads.
     Blocking,
-    /// [`smol`](crate::smol): `async-io` on a thread running `async_io::block_on`.
+    /// [`smol`]: `async-io` on a thread running `async_io::block_on`.
     Smol,
     /// [`tokio`](crate::tokio): a current-thread tokio runtime.
     #[cfg(feature = "tokio")]

@@ -1,0 +1,405 @@
+//! The master's shared state: [`MasterHandle`], its sync waits, and one [`ConnectionGuard`] per
+//! accepted slave.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use event_listener::Event;
+use futures_lite::FutureExt;
+use rocketmq_ha::{
+    Config, ConnectionId, LogError, LogSink, MasterConnection, MasterEvent, MasterService,
+    SyncError, Ticket,
+};
+
+use super::{block_until, lock, until, SharedLog, Stop, HISTORY};
+use crate::Error;
+
+/// One connected slave, as the master sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlaveInfo {
+    /// The connection's id in the [`MasterService`].
+    pub id: ConnectionId,
+    /// The slave's address.
+    pub peer: SocketAddr,
+    /// The offset the slave asked for in its first report, once it arrived.
+    pub requested: Option<u64>,
+    /// The slave's last acknowledged offset, once it reported.
+    pub acked: Option<u64>,
+}
+
+/// A slave connection that ended, and why.
+#[derive(Debug)]
+pub struct ClosedConnection {
+    /// The connection's id.
+    pub id: ConnectionId,
+    /// The slave's address.
+    pub peer: SocketAddr,
+    /// `None` when the slave closed cleanly (EOF) or the master shut down.
+    pub error: Option<Error>,
+}
+
+/// The master's shared state, given to a driver and kept by the user: the commit log, the
+/// [`MasterService`] all connections report to, and synchronous-replication waits.
+///
+/// Cloning is cheap (an `Arc`). Connection drivers forward every [`MasterEvent`] here; users
+/// append with [`append`](Self::append) and wait for slaves with
+/// [`wait_replicated_blocking`](Self::wait_replicated_blocking) (or the async `wait_replicated`
+/// of the `smol` and `tokio` modules).
+pub struct MasterHandle<L> {
+    inner: Arc<MasterInner<L>>,
+}
+
+struct MasterInner<L> {
+    log: SharedLog<L>,
+    config: Config,
+    state: Mutex<MasterState>,
+    /// Fires on acks, completed waits, and connections opening or closing.
+    changed: Event,
+    stop: Stop,
+}
+
+struct MasterState {
+    service: MasterService,
+    peers: BTreeMap<ConnectionId, (SocketAddr, Option<u64>)>,
+    /// Completed waits not yet collected by their waiter.
+    done: HashMap<Ticket, Result<(), SyncError>>,
+    /// Waits whose waiter went away (a cancelled future); their completion is dropped.
+    abandoned: HashSet<Ticket>,
+    closed: VecDeque<ClosedConnection>,
+}
+
+impl MasterState {
+    /// Moves the service's completions to where waiters collect them.
+    fn settle(&mut self) {
+        while let Some(completion) = self.service.poll_completion() {
+            if !self.abandoned.remove(&completion.ticket) {
+                self.done.insert(completion.ticket, completion.result);
+            }
+        }
+    }
+}
+
+impl<L> Clone for MasterHandle<L> {
+    fn clone(&self) -> Self {
+        MasterHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<L> std::fmt::Debug for MasterHandle<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterHandle")
+            .field("slaves", &self.slaves())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L> MasterHandle<L> {
+    /// A master serving `log` with `config`.
+    pub fn new(log: L, config: Config) -> Self {
+        Self::with_shared_log(SharedLog::new(log), config)
+    }
+
+    /// A master serving an already shared log.
+    pub fn with_shared_log(log: SharedLog<L>, config: Config) -> Self {
+        MasterHandle {
+            inner: Arc::new(MasterInner {
+                log,
+                config,
+                state: Mutex::new(MasterState {
+                    service: MasterService::new(config, Instant::now()),
+                    peers: BTreeMap::new(),
+                    done: HashMap::new(),
+                    abandoned: HashSet::new(),
+                    closed: VecDeque::new(),
+                }),
+                changed: Event::new(),
+                stop: Stop::default(),
+            }),
+        }
+    }
+
+    /// The commit log being served.
+    pub fn log(&self) -> &SharedLog<L> {
+        &self.inner.log
+    }
+
+    /// The configuration every connection uses.
+    pub fn config(&self) -> Config {
+        self.inner.config
+    }
+
+    /// The connected slaves, in connection order.
+    pub fn slaves(&self) -> Vec<SlaveInfo> {
+        let state = lock(&self.inner.state);
+        state
+            .peers
+            .iter()
+            .map(|(&id, &(peer, requested))| SlaveInfo {
+                id,
+                peer,
+                requested,
+                acked: state.service.ack_of(id),
+            })
+            .collect()
+    }
+
+    /// The highest offset any slave ever acknowledged (`push2SlaveMaxOffset`).
+    pub fn ack_frontier(&self) -> u64 {
+        lock(&self.inner.state).service.ack_frontier()
+    }
+
+    /// Sync waits not yet completed.
+    pub fn pending_waits(&self) -> usize {
+        lock(&self.inner.state).service.pending_waits()
+    }
+
+    /// Takes the record of connections that ended since the last call (at most the last 64).
+    pub fn take_closed(&self) -> Vec<ClosedConnection> {
+        lock(&self.inner.state).closed.drain(..).collect()
+    }
+
+    /// Blocks until `pred` holds or `deadline` passes; `pred` is re-checked whenever a slave
+    /// acknowledges, connects or disconnects. Returns whether it held.
+    pub fn wait_until_blocking(
+        &self,
+        deadline: Instant,
+        mut pred: impl FnMut(&Self) -> bool,
+    ) -> bool {
+        block_until(&self.inner.changed, Some(deadline), || {
+            pred(self).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Blocks until `acks` slaves acknowledged `offset` (`Ok`), `deadline` passed
+    /// ([`SyncError::Timeout`]) or the master shut down ([`SyncError::Shutdown`]).
+    ///
+    /// The waiting thread drives the wait's own deadline, so no timer thread is needed.
+    pub fn wait_replicated_blocking(
+        &self,
+        offset: u64,
+        acks: usize,
+        deadline: Instant,
+    ) -> Result<(), SyncError> {
+        let mut wait = self.start_wait(offset, acks, deadline);
+        let result = block_until(&self.inner.changed, Some(deadline), || wait.poll());
+        wait.finish(result)
+    }
+
+    /// The async form of [`wait_replicated_blocking`](Self::wait_replicated_blocking); `sleep`
+    /// must complete at `deadline` (the `smol` and `tokio` modules pass their timers).
+    /// Dropping the future abandons the wait cleanly.
+    pub async fn wait_replicated_with(
+        &self,
+        offset: u64,
+        acks: usize,
+        deadline: Instant,
+        sleep: impl Future<Output = ()>,
+    ) -> Result<(), SyncError> {
+        let mut wait = self.start_wait(offset, acks, deadline);
+        let completed = async { Some(until(&self.inner.changed, || wait.poll()).await) };
+        let result = completed.or(async {
+            sleep.await;
+            None
+        });
+        let result = result.await;
+        let result = result.or_else(|| wait.poll());
+        wait.finish(result)
+    }
+
+    fn start_wait(&self, offset: u64, acks: usize, deadline: Instant) -> Wait<'_, L> {
+        let mut state = lock(&self.inner.state);
+        let ticket = state
+            .service
+            .wait_for(Instant::now(), offset, acks, deadline);
+        state.settle();
+        drop(state);
+        self.inner.changed.notify(usize::MAX);
+        Wait {
+            master: self,
+            ticket,
+            deadline,
+            collected: false,
+        }
+    }
+
+    /// Stops the master: completes every pending wait with [`SyncError::Shutdown`], closes
+    /// every connection and makes the accept loop return. Idempotent.
+    pub fn shutdown(&self) {
+        {
+            let mut state = lock(&self.inner.state);
+            state.service.shutdown(Instant::now());
+            state.settle();
+        }
+        self.inner.stop.trigger();
+        self.inner.changed.notify(usize::MAX);
+        // Idle connection drivers wait on the log; wake them to see the stop.
+        self.inner.log.notify();
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.stop.is_set()
+    }
+
+    pub(crate) fn stop(&self) -> &Stop {
+        &self.inner.stop
+    }
+
+    /// Registers a new connection from `peer`; `None` once shut down.
+    pub(crate) fn connect(&self, peer: SocketAddr) -> Option<ConnectionGuard<L>> {
+        let id = {
+            let mut state = lock(&self.inner.state);
+            if self.is_shut_down() {
+                return None;
+            }
+            let id = state.service.register(Instant::now());
+            state.peers.insert(id, (peer, None));
+            id
+        };
+        self.inner.changed.notify(usize::MAX);
+        Some(ConnectionGuard {
+            master: self.clone(),
+            id,
+            peer,
+            error: Mutex::new(None),
+        })
+    }
+}
+
+impl<L: LogSink> MasterHandle<L> {
+    /// Appends `data` at the end of the log and wakes the connection drivers; returns the new
+    /// max offset.
+    pub fn append(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
+        self.inner.log.append(data)
+    }
+
+    /// Appends `data`, then blocks until `acks` slaves acknowledged it or `timeout` passed:
+    /// a `SYNC_MASTER` put (§3.5). Returns the new max offset.
+    pub fn append_replicated_blocking(
+        &self,
+        data: impl Into<Bytes>,
+        acks: usize,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
+        let end = self.append(data)?;
+        self.wait_replicated_blocking(end, acks, Instant::now() + timeout)?;
+        Ok(end)
+    }
+}
+
+/// One pending sync wait; abandons the ticket if dropped before collecting it.
+struct Wait<'a, L> {
+    master: &'a MasterHandle<L>,
+    ticket: Ticket,
+    deadline: Instant,
+    collected: bool,
+}
+
+impl<L> Wait<'_, L> {
+    fn poll(&mut self) -> Option<Result<(), SyncError>> {
+        let mut state = lock(&self.master.inner.state);
+        let now = Instant::now();
+        if now >= self.deadline {
+            // The waiter drives its own deadline: this expires it in the service.
+            state.service.handle_timeout(now);
+            state.settle();
+        }
+        let result = state.done.remove(&self.ticket);
+        self.collected |= result.is_some();
+        result
+    }
+
+    fn finish(self, result: Option<Result<(), SyncError>>) -> Result<(), SyncError> {
+        // The service completes every ticket by its deadline; `None` cannot happen after it,
+        // and reporting a timeout is the truthful answer if it ever did.
+        result.unwrap_or(Err(SyncError::Timeout))
+    }
+}
+
+impl<L> Drop for Wait<'_, L> {
+    fn drop(&mut self) {
+        if !self.collected {
+            let mut state = lock(&self.master.inner.state);
+            if state.done.remove(&self.ticket).is_none() {
+                state.abandoned.insert(self.ticket);
+            }
+        }
+    }
+}
+
+/// One registered slave connection; dropping it removes the connection from the service and
+/// records why it closed.
+pub(crate) struct ConnectionGuard<L> {
+    master: MasterHandle<L>,
+    id: ConnectionId,
+    peer: SocketAddr,
+    error: Mutex<Option<Error>>,
+}
+
+impl<L> ConnectionGuard<L> {
+    pub(crate) fn master(&self) -> &MasterHandle<L> {
+        &self.master
+    }
+
+    /// A fresh machine for this connection.
+    pub(crate) fn machine(&self) -> MasterConnection {
+        MasterConnection::new(self.master.inner.config, Instant::now())
+    }
+
+    /// Forwards the machine's events to the service and wakes waiters (run-loop step 2).
+    pub(crate) fn forward(&self, machine: &mut MasterConnection) {
+        let Some(mut event) = machine.poll_event() else {
+            return;
+        };
+        {
+            let now = Instant::now();
+            let mut state = lock(&self.master.inner.state);
+            loop {
+                if let MasterEvent::Started { requested, .. } = event {
+                    if let Some(peer) = state.peers.get_mut(&self.id) {
+                        peer.1 = Some(requested);
+                    }
+                }
+                state.service.handle_event(self.id, now, &event);
+                match machine.poll_event() {
+                    Some(next) => event = next,
+                    None => break,
+                }
+            }
+            state.settle();
+        }
+        self.master.inner.changed.notify(usize::MAX);
+    }
+
+    /// Records why the connection is closing; the first reason wins.
+    pub(crate) fn fail(&self, error: Error) {
+        lock(&self.error).get_or_insert(error);
+    }
+}
+
+impl<L> Drop for ConnectionGuard<L> {
+    fn drop(&mut self) {
+        let error = lock(&self.error).take();
+        {
+            let mut state = lock(&self.master.inner.state);
+            state.service.remove(self.id, Instant::now());
+            state.peers.remove(&self.id);
+            if state.closed.len() == HISTORY {
+                state.closed.pop_front();
+            }
+            state.closed.push_back(ClosedConnection {
+                id: self.id,
+                peer: self.peer,
+                error,
+            });
+        }
+        self.master.inner.changed.notify(usize::MAX);
+    }
+}

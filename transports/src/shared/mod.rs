@@ -1,0 +1,96 @@
+//! What every driver shares: the commit log handle with its growth notification, the master's
+//! shared state (log + [`MasterService`](rocketmq_ha::MasterService) + sync waiters), the slave's handle and its append loop,
+//! and shutdown.
+//!
+//! Nothing here knows about sockets beyond closing them, and nothing here makes a protocol
+//! decision: the machines do. This module only moves their outputs to where they are needed.
+
+mod log;
+mod master;
+mod slave;
+mod stop;
+
+pub use log::SharedLog;
+pub(crate) use master::ConnectionGuard;
+pub use master::{ClosedConnection, MasterHandle, SlaveInfo};
+pub(crate) use slave::SlaveDriver;
+pub use slave::{SlaveHandle, SlaveStatus};
+pub(crate) use stop::Stop;
+
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use event_listener::{Event, Listener};
+
+/// How many closed connections or slave errors a handle keeps for inspection; older ones are
+/// dropped so a flapping peer cannot grow memory without bound.
+const HISTORY: usize = 64;
+
+/// The smallest read a slave driver asks the socket for: big enough to carry many frames per
+/// system call.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Locks a mutex; a panic in another thread leaves state that is still consistent here, because
+/// every critical section below leaves it valid at each step.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Blocks until `ready` yields a value, re-checking whenever `event` fires; gives up (after one
+/// last check) at `deadline`.
+fn block_until<T>(
+    event: &Event,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        // Listen before the second check, so a notification between the two is not lost.
+        let listener = event.listen();
+        if let Some(value) = ready() {
+            return Some(value);
+        }
+        match deadline {
+            None => listener.wait(),
+            Some(deadline) => {
+                if listener.wait_deadline(deadline).is_none() {
+                    return ready();
+                }
+            }
+        }
+    }
+}
+
+/// The async form of [`block_until`], without a deadline (callers race it with their timer).
+async fn until<T>(event: &Event, mut ready: impl FnMut() -> Option<T>) -> T {
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        let listener = event.listen();
+        if let Some(value) = ready() {
+            return value;
+        }
+        listener.await;
+    }
+}
+
+/// Waits for `future` when there is one, else forever: an optional branch of a race.
+pub(crate) async fn maybe<F: Future>(future: Option<F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A socket read timeout that expires at `deadline` (`None`: block until data arrives).
+pub(crate) fn read_timeout(deadline: Option<Instant>) -> Option<Duration> {
+    // A zero timeout is an error for `set_read_timeout`; a past deadline becomes 1 ms.
+    deadline.map(|d| {
+        d.saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    })
+}

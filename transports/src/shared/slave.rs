@@ -1,0 +1,287 @@
+//! The slave's shared state ([`SlaveHandle`]) and the part of its run loop every driver shares
+//! ([`SlaveDriver`]: the append loop and the read buffer).
+
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rocketmq_ha::{ClientEvent, Config, HaClient, LogSink};
+
+use super::{block_until, lock, SharedLog, Stop, HISTORY, READ_CHUNK};
+use crate::Error;
+
+/// What a slave driver has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlaveStatus {
+    /// Whether a connection to the master is up.
+    pub connected: bool,
+    /// Connections established so far.
+    pub connections: u64,
+    /// Connections or dials that ended with an error (see [`SlaveHandle::take_errors`]).
+    pub failures: u64,
+}
+
+/// The slave's shared state, given to a driver and kept by the user: the local commit log, the
+/// master's address, and what happened so far.
+///
+/// Cloning is cheap (an `Arc`). [`wait_until_blocking`](Self::wait_until_blocking) re-checks its
+/// condition whenever the log grows or the connection state changes.
+pub struct SlaveHandle<L> {
+    inner: Arc<SlaveInner<L>>,
+}
+
+struct SlaveInner<L> {
+    log: SharedLog<L>,
+    config: Config,
+    master: SocketAddr,
+    seed: u64,
+    state: Mutex<SlaveState>,
+    stop: Stop,
+}
+
+#[derive(Default)]
+struct SlaveState {
+    status: SlaveStatus,
+    errors: VecDeque<Error>,
+}
+
+impl<L> Clone for SlaveHandle<L> {
+    fn clone(&self) -> Self {
+        SlaveHandle {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<L> std::fmt::Debug for SlaveHandle<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlaveHandle")
+            .field("master", &self.inner.master)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<L> SlaveHandle<L> {
+    /// A slave replicating from `master` into `log`. The reconnect jitter seed is random.
+    pub fn new(master: SocketAddr, log: L, config: Config) -> Self {
+        // A per-process random seed: slaves started together must not reconnect in lockstep.
+        let seed = RandomState::new().hash_one(master);
+        Self::with_seed(master, SharedLog::new(log), config, seed)
+    }
+
+    /// A slave replicating into an already shared log, with a fixed reconnect jitter `seed`.
+    pub fn with_seed(master: SocketAddr, log: SharedLog<L>, config: Config, seed: u64) -> Self {
+        SlaveHandle {
+            inner: Arc::new(SlaveInner {
+                log,
+                config,
+                master,
+                seed,
+                state: Mutex::new(SlaveState::default()),
+                stop: Stop::default(),
+            }),
+        }
+    }
+
+    /// The local commit log.
+    pub fn log(&self) -> &SharedLog<L> {
+        &self.inner.log
+    }
+
+    /// The configuration the slave uses.
+    pub fn config(&self) -> Config {
+        self.inner.config
+    }
+
+    /// The master's address.
+    pub fn master(&self) -> SocketAddr {
+        self.inner.master
+    }
+
+    /// Connection state and counters.
+    pub fn status(&self) -> SlaveStatus {
+        lock(&self.inner.state).status
+    }
+
+    /// Takes the errors that ended connections or dials since the last call (at most the last
+    /// 64).
+    pub fn take_errors(&self) -> Vec<Error> {
+        lock(&self.inner.state).errors.drain(..).collect()
+    }
+
+    /// Blocks until `pred` holds or `deadline` passes; re-checked whenever the log grows or the
+    /// connection state changes. Returns whether it held.
+    pub fn wait_until_blocking(
+        &self,
+        deadline: Instant,
+        mut pred: impl FnMut(&Self) -> bool,
+    ) -> bool {
+        block_until(self.inner.log.changed(), Some(deadline), || {
+            pred(self).then_some(())
+        })
+        .is_some()
+    }
+
+    /// Stops the slave: closes its connection and makes its driver return. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.stop.trigger();
+        self.inner.log.notify();
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.stop.is_set()
+    }
+
+    pub(crate) fn stop(&self) -> &Stop {
+        &self.inner.stop
+    }
+
+    fn record(&self, connected: bool, error: Option<Error>) {
+        {
+            let mut state = lock(&self.inner.state);
+            let status = &mut state.status;
+            if connected && !status.connected {
+                status.connections += 1;
+            }
+            status.connected = connected;
+            if let Some(error) = error {
+                status.failures += 1;
+                if state.errors.len() == HISTORY {
+                    state.errors.pop_front();
+                }
+                state.errors.push_back(error);
+            }
+        }
+        self.inner.log.notify();
+    }
+}
+
+/// The slave side every driver shares: the [`HaClient`], its read buffer, and the append loop.
+/// A driver only dials, reads, writes reports and sleeps, calling these at each step.
+pub(crate) struct SlaveDriver<L> {
+    handle: SlaveHandle<L>,
+    client: HaClient,
+    buf: BytesMut,
+    /// Zero bytes at the end of `buf` lent to a read that has not reported back.
+    scratch: usize,
+}
+
+impl<L: LogSink> SlaveDriver<L> {
+    pub(crate) fn new(handle: SlaveHandle<L>) -> Self {
+        let client = HaClient::new(handle.inner.config, handle.inner.seed, Instant::now());
+        SlaveDriver {
+            handle,
+            client,
+            buf: BytesMut::new(),
+            scratch: 0,
+        }
+    }
+
+    /// Run-loop step 2: applies every pending append and returns whether the machine asked to
+    /// dial. A failed append closes the connection (the rest of the batch is dropped, as it
+    /// could not be contiguous).
+    pub(crate) fn apply(&mut self) -> bool {
+        let Some(mut event) = self.client.poll_event() else {
+            return false;
+        };
+        let client = &mut self.client;
+        let mut dial = false;
+        let mut failed = None;
+        self.handle.inner.log.update(|log| loop {
+            match event {
+                ClientEvent::Connect => dial = true,
+                ClientEvent::Append { offset, data } if failed.is_none() => {
+                    match log.append(offset, data) {
+                        Ok(max) => client.handle_appended(max),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                _ => {}
+            }
+            match client.poll_event() {
+                Some(next) => event = next,
+                None => break,
+            }
+        });
+        if let Some(error) = failed {
+            self.disconnected(Some(error.into()));
+        }
+        dial
+    }
+
+    /// The dial succeeded: start a connection from the local log's max offset.
+    pub(crate) fn connected(&mut self) {
+        // Bytes of the previous connection are meaningless on the new one.
+        self.buf.clear();
+        self.scratch = 0;
+        let max = self.handle.inner.log.max_offset();
+        self.client.handle_connected(Instant::now(), max);
+        self.handle.record(true, None);
+    }
+
+    /// The dial failed.
+    pub(crate) fn connect_failed(&mut self, error: Error) {
+        self.client.handle_connect_failed(Instant::now());
+        self.handle.record(false, Some(error));
+    }
+
+    /// The connection ended: EOF (`None`) or an error.
+    pub(crate) fn disconnected(&mut self, error: Option<Error>) {
+        self.client.handle_disconnected(Instant::now());
+        self.handle.record(false, error);
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// Run-loop step 3: the next report to write whole.
+    pub(crate) fn poll_report(&mut self) -> Option<[u8; 8]> {
+        self.client.poll_transmit(Instant::now())
+    }
+
+    /// The machine's next deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.client.poll_timeout()
+    }
+
+    /// Space to read into; report what was read with [`on_read`](Self::on_read).
+    pub(crate) fn read_buf(&mut self) -> &mut [u8] {
+        let filled = self.buf.len() - self.scratch;
+        let max_frame = self.handle.inner.config.max_frame_size() as usize;
+        let want = self
+            .client
+            .bytes_wanted(&self.buf[..filled])
+            .clamp(READ_CHUNK, max_frame.max(READ_CHUNK));
+        self.buf.resize(filled + want, 0);
+        self.scratch = want;
+        &mut self.buf[filled..]
+    }
+
+    /// `n` bytes were read into [`read_buf`](Self::read_buf): run-loop step 1. An error is
+    /// recorded and leaves the machine disconnected; the driver then closes the socket.
+    pub(crate) fn on_read(&mut self, n: usize) {
+        let filled = self.buf.len() - self.scratch;
+        self.buf.truncate(filled + n.min(self.scratch));
+        self.scratch = 0;
+        if let Err(e) = self.client.handle_input(Instant::now(), &mut self.buf) {
+            self.handle.record(false, Some(e.into()));
+        }
+    }
+
+    /// The deadline passed. A housekeeping error is recorded like [`on_read`](Self::on_read)'s.
+    pub(crate) fn on_timeout(&mut self) {
+        let was_connected = self.client.is_connected();
+        if let Err(e) = self.client.handle_timeout(Instant::now()) {
+            self.handle.record(false, Some(e.into()));
+        } else if was_connected && !self.client.is_connected() {
+            self.handle.record(false, None);
+        }
+    }
+}
