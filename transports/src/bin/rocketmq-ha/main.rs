@@ -253,7 +253,7 @@ fn report_slaves(
         let acked = slave.acked.unwrap_or(0);
         let rate = rates
             .entry(slave.id)
-            .or_insert_with(|| Rate::new(Duration::from_secs(5)))
+            .or_insert_with(|| Rate::new(Duration::from_secs(5), acked))
             .sample(acked);
         println!(
             "  {}  acked {acked}  lag {}  {rate:.1} MB/s",
@@ -300,7 +300,7 @@ fn follow(
     label: &'static str,
 ) -> Result<(), Failure> {
     let mut progress = Progress::new(label, until);
-    let mut rate = Rate::new(Duration::from_secs(3));
+    let mut rate = Rate::new(Duration::from_secs(3), slave.log().max_offset());
     loop {
         let tick = Instant::now() + Duration::from_millis(200);
         let reached =
@@ -339,11 +339,12 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         .context(format_args!("creating {}", master_store.display()))?;
     let mut generator = Generator::new(0x5EED);
     let mut progress = Progress::new("generate", Some(total));
+    let mut rate = Rate::new(Duration::from_secs(3), 0);
     while log.max_offset() < total {
         let n = (total - log.max_offset()).min(4 << 20);
         log.append_at_end(&generator.bytes(n))
             .context("writing the master store")?;
-        progress.show(log.max_offset(), 0.0, "");
+        progress.show(log.max_offset(), rate.sample(log.max_offset()), "");
     }
     progress.finish();
 

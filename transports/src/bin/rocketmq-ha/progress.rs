@@ -14,9 +14,10 @@ pub struct Rate {
 }
 
 impl Rate {
-    pub fn new(window: Duration) -> Self {
+    /// A rate whose count stood at `initial` now.
+    pub fn new(window: Duration, initial: u64) -> Self {
         Rate {
-            samples: VecDeque::new(),
+            samples: VecDeque::from([(Instant::now(), initial)]),
             window,
         }
     }
@@ -128,7 +129,7 @@ mod tests {
 
     #[test]
     fn rate_of_a_constant_value_is_zero_and_of_growth_is_positive() {
-        let mut rate = Rate::new(Duration::from_secs(5));
+        let mut rate = Rate::new(Duration::from_secs(5), 100);
         assert_eq!(rate.sample(100), 0.0);
         std::thread::sleep(Duration::from_millis(20));
         assert!(rate.sample(10_000_100) > 0.0);
