@@ -254,13 +254,15 @@ impl<L: LogSink> SlaveDriver<L> {
     /// Space to read into; report what was read with [`on_read`](Self::on_read).
     pub(crate) fn read_buf(&mut self) -> &mut [u8] {
         let filled = self.buf.len() - self.scratch;
-        let max_frame = self.handle.inner.config.max_frame_size() as usize;
-        let want = self
-            .client
-            .bytes_wanted(&self.buf[..filled])
-            .clamp(READ_CHUNK, max_frame.max(READ_CHUNK));
-        self.buf.resize(filled + want, 0);
-        self.scratch = want;
+        self.buf.truncate(filled);
+        // Room for the rest of the frame at once (the machine bounds it by `max_frame_size`),
+        // so a large frame is not copied as the buffer grows; but lend the read only a chunk,
+        // since zero-filling the whole frame's room on every short read would cost more than
+        // the read.
+        let wanted = self.client.bytes_wanted(&self.buf);
+        self.buf.reserve(wanted.max(READ_CHUNK));
+        self.buf.resize(filled + READ_CHUNK, 0);
+        self.scratch = READ_CHUNK;
         &mut self.buf[filled..]
     }
 
