@@ -241,12 +241,16 @@ fn sync_wait_completes_when_the_slave_acks(transport: Transport, wait: WaitFn) {
         thread::spawn(move || wait(&master, end + 1, 1, Instant::now() + PATIENCE))
     };
     assert!(master.wait_until_blocking(deadline(), |m| m.pending_waits() == 1));
-    client.shutdown().unwrap();
-    server.shutdown().unwrap();
     let started = Instant::now();
+    server.shutdown().unwrap();
     assert_eq!(waiter.join().unwrap(), Err(SyncError::Shutdown));
     assert!(started.elapsed() < PATIENCE / 2);
     assert_eq!(wait(&master, 1, 1, deadline()), Err(SyncError::Shutdown));
+    // The master closed its sockets: the slave sees its connection end (and keeps redialing a
+    // master that is gone, until it is shut down too).
+    assert!(slave.wait_until_blocking(deadline(), |s| !s.status().connected));
+    assert!(master.slaves().is_empty());
+    client.shutdown().unwrap();
 }
 
 /// Connects a raw peer to the master, sends `bytes`, and returns once the master closed it.
