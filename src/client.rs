@@ -258,7 +258,7 @@ impl HaClient {
             return;
         }
         self.stored = stored_max;
-        if self.state == State::Connected && self.reported.map_or(true, |r| r < stored_max) {
+        if self.state == State::Connected && self.reported.is_none_or(|r| r < stored_max) {
             self.report_due = true;
         }
     }

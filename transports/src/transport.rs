@@ -168,7 +168,7 @@ impl Running {
 
     /// Whether the driver's thread has ended (on its own only after an error).
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, JoinHandle::is_finished)
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Shuts the driver down (closing its sockets, failing pending sync waits) and waits for

@@ -94,7 +94,7 @@ impl Progress {
             self.drawn = true;
         } else if self
             .last_plain
-            .map_or(true, |at| at.elapsed() >= Duration::from_secs(1))
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         {
             let _ = writeln!(err, "{line}");
             self.last_plain = Some(Instant::now());
