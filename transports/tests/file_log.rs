@@ -616,7 +616,7 @@ fn crash_child(dir: &str) -> ! {
             let len = lengths.next().unwrap_or(1);
             at = log.append(at, Bytes::from(pattern(at, len))).unwrap();
             appends += 1;
-            if syncs && appends % 128 == 0 {
+            if syncs && appends.is_multiple_of(128) {
                 log.sync().unwrap();
             }
             if appends == 1 {
