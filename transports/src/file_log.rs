@@ -68,6 +68,26 @@ mod error;
 mod segments;
 
 pub use checkpoint::CHECKPOINT_FILE;
+
+/// The file in the store root that a [`FileLog`] locks exclusively while it has the store open.
+pub const LOCK_FILE: &str = "ha-lock";
+
+/// Takes the store's exclusive lock, so a second writer fails fast instead of corrupting it.
+fn lock_store(root: &Path) -> Result<File, FileLogError> {
+    let path = root.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| FileLogError::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(FileLogError::Locked { path }),
+        Err(fs::TryLockError::Error(e)) => Err(FileLogError::io("lock", path, e)),
+    }
+}
 pub use error::FileLogError;
 pub use segments::segment_file_name;
 
@@ -191,6 +211,9 @@ pub struct FileLog {
     checkpointed: Option<(u64, u64)>,
     boot_id: Option<String>,
     poisoned: bool,
+    /// Held for the log's lifetime: an exclusive lock on [`LOCK_FILE`], released on drop (or
+    /// by the kernel when the process dies, so a killed slave never leaves a stale lock).
+    _lock: File,
 }
 
 impl FileLog {
@@ -264,6 +287,7 @@ impl FileLog {
             }
             Err(e) => return Err(FileLogError::io("stat", commitlog, e)),
         }
+        let lock = lock_store(root)?;
         let checkpoint = Checkpoint::load(root)?;
         let checkpoint_path = Checkpoint::path(root);
         if let Some(cp) = &checkpoint {
@@ -353,6 +377,7 @@ impl FileLog {
             segments.insert(file.start, map_segment(&handle, &file.path, segment_size)?);
         }
         let mut log = FileLog {
+            _lock: lock,
             root: root.to_path_buf(),
             commitlog,
             segment_size,

@@ -709,3 +709,17 @@ fn a_slave_killed_mid_append_reopens_to_a_prefix_and_resumes_byte_identical() {
     assert_eq!((log.min_offset(), log.max_offset()), (CRASH_START, end));
     assert_pattern(&log);
 }
+
+#[test]
+fn a_store_open_in_one_handle_is_locked_against_a_second_until_dropped() {
+    let store = Scratch::new("lock");
+    let first = FileLog::create(store.path(), F).unwrap();
+    match FileLog::open(store.path(), F) {
+        Err(FileLogError::Locked { path }) => {
+            assert!(path.ends_with(rocketmq_ha_transports::file_log::LOCK_FILE))
+        }
+        other => panic!("a second writer must be refused, got {other:?}"),
+    }
+    drop(first);
+    FileLog::open(store.path(), F).expect("the lock is released on drop");
+}

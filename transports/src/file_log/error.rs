@@ -24,6 +24,13 @@ pub enum FileLogError {
         #[source]
         source: io::Error,
     },
+    /// Another `FileLog` (in this or another process) has the store open: two writers would
+    /// interleave appends and corrupt it.
+    #[error("the store is in use: {} is locked by another process or handle", path.display())]
+    Locked {
+        /// The store's lock file.
+        path: PathBuf,
+    },
     /// The segment size is zero or too large to map into memory.
     #[error("segment size {size} is out of range: it must be between 1 and {max} bytes")]
     InvalidSegmentSize {
