@@ -23,14 +23,14 @@ fi
 
 # The code under test forbids unsafe: no sanitizer, so the runs go about 5x faster. Debug
 # assertions and overflow checks are on in this crate's release profile.
-cargo +nightly fuzz build -s none
+cargo +nightly fuzz build -a -s none
 mkdir -p target/ci
 failed=0
 for target in $(cargo +nightly fuzz list); do
     work="target/ci/corpus-$target"
     log="target/ci/$target.log"
     mkdir -p "$work"
-    if cargo +nightly fuzz run -s none "$target" "$work" "corpus/$target" -- \
+    if cargo +nightly fuzz run -a -s none "$target" "$work" "corpus/$target" -- \
         -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
         speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log")

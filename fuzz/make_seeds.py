@@ -248,8 +248,48 @@ def wire_seeds():
     write("wire_decode", "report-stream", data)
 
 
+# --- sim_schedule -------------------------------------------------------------------------
+
+# tests/sim/scenario.rs ALL_FAULTS, in order: each is switched on by a 2-byte draw >= 500.
+FAULTS = ["Latency", "ShortReads", "ShortWrites", "Stall", "Burst", "PartitionOneWay",
+          "PartitionTwoWay", "Reset", "Eof", "RefuseConnect", "SlowConnect", "SlaveCrash",
+          "SlowAppend", "Clock", "Zombie", "BehindRetained", "Retention", "MasterRestart",
+          "LoseTail"]
+
+
+def fault_set(*names):
+    return b"".join(u16(999 if f in names else 0) for f in FAULTS)
+
+
+def noise(length, seed):
+    """Deterministic filler for the simulator's later draws (sizes, times, which fault when)."""
+    out, x = bytearray(), seed
+    for _ in range(length):
+        x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        out.append(x >> 56)
+    return bytes(out)
+
+
+def sim_seeds():
+    # The calm run: every draw zero (RocketMQ's defaults, one slave, no faults). Length 0 is a
+    # multiple of 4, so the harness also replays it for determinism.
+    write("sim_schedule", "calm", b"")
+    groups = {
+        "chunking-and-latency": ("Latency", "ShortReads", "ShortWrites", "Burst"),
+        "partitions-and-resets": ("PartitionOneWay", "PartitionTwoWay", "Reset", "Eof",
+                                  "RefuseConnect", "SlowConnect"),
+        "crashes-and-restarts": ("SlaveCrash", "MasterRestart", "LoseTail", "SlowAppend"),
+        "retention-and-lag": ("BehindRetained", "Retention", "Stall"),
+        "clocks-and-zombies": ("Clock", "Zombie", "Stall"),
+        "everything": tuple(FAULTS),
+    }
+    for i, (name, faults) in enumerate(groups.items()):
+        write("sim_schedule", name, fault_set(*faults) + noise(258, i + 1))
+
+
 if __name__ == "__main__":
     client_seeds()
     master_seeds()
     waiters_seeds()
     wire_seeds()
+    sim_seeds()

@@ -166,7 +166,7 @@ impl Harness {
             // The master writes a well-formed frame where the slave expects it.
             2 | 3 => {
                 let at = match self.conn.as_ref().and_then(|c| c.expected) {
-                    Some(expected) if input.u8() % 8 != 0 => expected,
+                    Some(expected) if !input.u8().is_multiple_of(8) => expected,
                     _ => offset(input),
                 };
                 let room = u64::from(self.max_frame()) - TRANSFER_HEADER_LEN as u64;
@@ -215,7 +215,7 @@ impl Harness {
                 } else {
                     count
                 };
-                let ack = input.u8() % 4 != 0;
+                let ack = !input.u8().is_multiple_of(4);
                 for _ in 0..count {
                     self.apply_one();
                     if ack {

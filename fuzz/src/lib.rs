@@ -11,6 +11,7 @@
 //! | [`master_stream`] | `MasterConnection` over a `MemoryLog` | a slave's bytes, writes, time, log growth and retention |
 //! | [`waiters`] | `MasterService` | connections, acks, waits, time, shutdown |
 //! | [`wire_decode`] | the `wire` codecs | headers, reports and streams in any split |
+//! | [`sim_schedule`] | the simulator (`tests/sim`) | every decision of a faulty run |
 
 #![forbid(unsafe_code)]
 #![allow(clippy::new_without_default)]
@@ -18,11 +19,13 @@
 pub mod client_stream;
 pub mod input;
 pub mod master_stream;
+pub mod sim_schedule;
 pub mod waiters;
 pub mod wire_decode;
 
 pub use client_stream::client_stream;
 pub use master_stream::master_stream;
+pub use sim_schedule::sim_schedule;
 pub use waiters::waiters;
 pub use wire_decode::wire_decode;
 
@@ -33,6 +36,7 @@ pub type Harness = fn(&[u8]);
 pub const TARGETS: &[(&str, Harness)] = &[
     ("client_stream", client_stream),
     ("master_stream", master_stream),
+    ("sim_schedule", sim_schedule),
     ("waiters", waiters),
     ("wire_decode", wire_decode),
 ];

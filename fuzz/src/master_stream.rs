@@ -68,8 +68,8 @@ fn config(input: &mut Input) -> Config {
         .heartbeat_interval(heartbeat)
         .housekeeping_interval(housekeeping)
         .start_position(start)
-        .reject_ack_above_max(input.u8() % 4 != 0)
-        .reject_ack_above_sent(input.u8() % 4 == 0)
+        .reject_ack_above_max(!input.u8().is_multiple_of(4))
+        .reject_ack_above_sent(input.u8().is_multiple_of(4))
         .build()
         .expect("the harness builds valid configurations")
 }

@@ -94,7 +94,7 @@ impl Harness {
 
     /// The instant passed to the next call: usually now, sometimes a little earlier.
     fn at(&mut self, input: &mut Input) -> Instant {
-        let t = if input.u8() % 8 == 0 {
+        let t = if input.u8().is_multiple_of(8) {
             self.now - Duration::from_millis(input.small(1, 200))
         } else {
             self.now
@@ -130,7 +130,7 @@ impl Harness {
                 }
                 self.model_expire();
                 let conn = &mut self.conns[index];
-                if conn.live && conn.ack.map_or(true, |a| a < offset) {
+                if conn.live && conn.ack.is_none_or(|a| a < offset) {
                     conn.ack = Some(offset);
                     self.frontier = self.frontier.max(offset);
                     self.model_complete_satisfied();
@@ -165,7 +165,7 @@ impl Harness {
                 });
             }
             10 => {
-                if input.u8() % 4 == 0 {
+                if input.u8().is_multiple_of(4) {
                     let t = self.at(input);
                     self.service.shutdown(t);
                     self.shut_down = true;
