@@ -50,6 +50,80 @@ fn demo_replicates_and_verifies_on_every_transport() {
     }
 }
 
+/// `bench` with tiny sizes: every part runs, the JSON has the documented keys, and every figure
+/// is a positive number. Nothing here depends on how fast the machine is.
+#[test]
+fn bench_json_has_every_key_with_positive_figures() {
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "--bytes",
+        "3MiB",
+        "--segment-size",
+        "1MiB",
+        "--batch-size",
+        "256KiB,32KiB",
+        "--messages",
+        "20",
+        "--message-sizes",
+        "128,1KiB",
+        "--fanout",
+        "1,3",
+        "--fanout-bytes",
+        "2MiB",
+        "--idle-connections",
+        "4",
+        "--json",
+    ]);
+    assert!(ok, "bench failed:\n{stdout}\n{stderr}");
+    let json = stdout.trim();
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    let number = |key: &str| -> Vec<f64> {
+        let pattern = format!("\"{key}\":");
+        json.match_indices(&pattern)
+            .map(|(at, _)| {
+                let rest = &json[at + pattern.len()..];
+                let end = rest.find([',', '}', ']']).unwrap_or(rest.len());
+                rest[..end]
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("{key} is not a number in {json}"))
+            })
+            .collect()
+    };
+    for (key, count) in [
+        ("loopback_mbps", 1),
+        ("ratio_to_loopback", 6),
+        ("p50", 6),
+        ("p90", 6),
+        ("p99", 6),
+        ("p999", 6),
+        ("aggregate_mbps", 4),
+        ("first_data_byte_us", 1),
+    ] {
+        let values = number(key);
+        assert_eq!(values.len(), count, "{key} in {json}");
+        assert!(values.iter().all(|v| *v > 0.0), "{key} in {json}");
+    }
+    // Present in every replication row, then as the headline objects.
+    assert_eq!(number("mbps").len(), 2 + 6, "{json}");
+    assert!(number("mbps").iter().all(|v| *v > 0.0), "{json}");
+    for key in [
+        "\"replication\":[",
+        "\"sync_latency_us\":[",
+        "\"fanout\":[",
+        "\"memory_per_connection_bytes\":{\"master\":",
+        "\"cpu_seconds_per_gib\":{\"master\":",
+        "\"batch_size\":32768",
+        "\"message_size\":1024",
+        "\"slaves\":3",
+    ] {
+        assert!(json.contains(key), "{key} missing in {json}");
+    }
+    // Memory and CPU may round to zero on a quiet allocator or a fast machine; never negative.
+    for key in ["master", "slave"] {
+        assert!(number(key).iter().all(|v| *v >= 0.0), "{key} in {json}");
+    }
+}
+
 #[test]
 fn help_is_available_everywhere() {
     for args in [
@@ -57,6 +131,7 @@ fn help_is_available_everywhere() {
         &["master", "--help"],
         &["slave", "--help"],
         &["demo", "--help"],
+        &["bench", "--help"],
     ] {
         let (ok, stdout, _) = run(args);
         assert!(
