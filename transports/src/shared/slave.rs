@@ -167,10 +167,19 @@ impl<L> SlaveHandle<L> {
 pub(crate) struct SlaveDriver<L> {
     handle: SlaveHandle<L>,
     client: HaClient,
+    /// The bytes of an incomplete frame (the first `filled`), then initialized room that reads
+    /// fill. Room left over after a read is lent again as it is, so bytes are zero-filled once
+    /// per pass through the buffer rather than once per read.
     buf: BytesMut,
-    /// Zero bytes at the end of `buf` lent to a read that has not reported back.
-    scratch: usize,
+    /// How many bytes at the front of `buf` are data from the master.
+    filled: usize,
+    /// The size of the next read: it grows while reads fill it (a stream is flowing) and
+    /// shrinks while they do not (an idle connection), between [`READ_MIN`] and [`READ_CHUNK`].
+    chunk: usize,
 }
+
+/// The smallest read a slave driver lends; also what an idle connection keeps allocated.
+const READ_MIN: usize = 8 * 1024;
 
 impl<L: LogSink> SlaveDriver<L> {
     pub(crate) fn new(handle: SlaveHandle<L>) -> Self {
@@ -179,7 +188,8 @@ impl<L: LogSink> SlaveDriver<L> {
             handle,
             client,
             buf: BytesMut::new(),
-            scratch: 0,
+            filled: 0,
+            chunk: READ_MIN,
         }
     }
 
@@ -218,8 +228,9 @@ impl<L: LogSink> SlaveDriver<L> {
     /// The dial succeeded: start a connection from the local log's max offset.
     pub(crate) fn connected(&mut self) {
         // Bytes of the previous connection are meaningless on the new one.
-        self.buf.clear();
-        self.scratch = 0;
+        self.buf = BytesMut::new();
+        self.filled = 0;
+        self.chunk = READ_MIN;
         let max = self.handle.inner.log.max_offset();
         self.client.handle_connected(Instant::now(), max);
         self.handle.record(true, None);
@@ -253,26 +264,43 @@ impl<L: LogSink> SlaveDriver<L> {
 
     /// Space to read into; report what was read with [`on_read`](Self::on_read).
     pub(crate) fn read_buf(&mut self) -> &mut [u8] {
-        let filled = self.buf.len() - self.scratch;
-        self.buf.truncate(filled);
-        // Room for the rest of the frame at once (the machine bounds it by `max_frame_size`),
-        // so a large frame is not copied as the buffer grows; but lend the read only a chunk,
-        // since zero-filling the whole frame's room on every short read would cost more than
-        // the read.
-        let wanted = self.client.bytes_wanted(&self.buf);
-        self.buf.reserve(wanted.max(READ_CHUNK));
-        self.buf.resize(filled + READ_CHUNK, 0);
-        self.scratch = READ_CHUNK;
-        &mut self.buf[filled..]
+        if self.buf.len() - self.filled < self.chunk {
+            // Room for the rest of the frame at once (the machine bounds it by
+            // `max_frame_size`), so a large frame is not copied as the buffer grows. Twice the
+            // read size is initialized, so the next few reads reuse it without zero-filling.
+            let wanted = self.client.bytes_wanted(&self.buf[..self.filled]);
+            self.buf.truncate(self.filled);
+            self.buf.reserve(wanted.max(2 * self.chunk));
+            self.buf.resize(self.filled + 2 * self.chunk, 0);
+        }
+        &mut self.buf[self.filled..]
     }
 
     /// `n` bytes were read into [`read_buf`](Self::read_buf): run-loop step 1. An error is
     /// recorded and leaves the machine disconnected; the driver then closes the socket.
     pub(crate) fn on_read(&mut self, n: usize) {
-        let filled = self.buf.len() - self.scratch;
-        self.buf.truncate(filled + n.min(self.scratch));
-        self.scratch = 0;
-        if let Err(e) = self.client.handle_input(Instant::now(), &mut self.buf) {
+        let lent = self.buf.len() - self.filled;
+        let n = n.min(lent);
+        // A read that filled what it was lent suggests more is waiting: read more at once. A
+        // read far smaller than that suggests an idle connection: lend less.
+        if n == lent {
+            self.chunk = (2 * self.chunk).min(READ_CHUNK);
+        } else if n < self.chunk / 4 {
+            self.chunk = (self.chunk / 2).max(READ_MIN);
+        }
+        // Hand the machine only the data; the room after it stays in `self.buf`.
+        let mut data = self.buf.split_to(self.filled + n);
+        let result = self.client.handle_input(Instant::now(), &mut data);
+        self.filled = data.len();
+        // `data` ends where the room begins, so this joins them without copying.
+        data.unsplit(std::mem::take(&mut self.buf));
+        self.buf = data;
+        if self.filled == 0 && self.chunk == READ_MIN && self.buf.capacity() > 4 * READ_MIN {
+            // Idle with nothing pending: give a burst's large buffer back rather than hold it
+            // for the life of the connection.
+            self.buf = BytesMut::new();
+        }
+        if let Err(e) = result {
             self.handle.record(false, Some(e.into()));
         }
     }

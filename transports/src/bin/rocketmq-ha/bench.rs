@@ -189,13 +189,18 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
         }
     }
 
-    note(format_args!(
-        "generating a {} master store (load average {})",
-        Human(total),
-        machine.load
-    ));
-    let source = generate(&dir.0.join("master"), total, segment)?;
-    let reader = source.reader();
+    let needs_store = part(Part::Throughput) || part(Part::Fanout);
+    let source = if needs_store {
+        note(format_args!(
+            "generating a {} master store (load average {})",
+            Human(total),
+            machine.load
+        ));
+        Some(generate(&dir.0.join("master"), total, segment)?)
+    } else {
+        None
+    };
+    let reader = source.as_ref().map(FileLog::reader);
 
     // Throughput: loopback references and replication rows, interleaved over the runs so that
     // a slow moment of the machine affects all rows alike.
@@ -211,7 +216,8 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     for run in 0..runs {
         note(format_args!("run {} of {runs}", run + 1));
         for (i, &write) in writes.iter().enumerate() {
-            let mbps = loopback(&reader, total, write as usize)?;
+            let reader = reader.as_ref().expect("generated for throughput");
+            let mbps = loopback(reader, total, write as usize)?;
             note(format_args!(
                 "  loopback, {} writes: {mbps:.0} MB/s",
                 Human(write)
@@ -222,7 +228,8 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
         for &config in &configs {
             for &transport in &transports {
                 slot += 1;
-                let sample = replicate(transport, config, &reader, total, &dir.0, slot)?;
+                let reader = reader.as_ref().expect("generated for throughput");
+                let sample = replicate(transport, config, reader, total, &dir.0, slot)?;
                 note(format_args!(
                     "  {transport}, batch {}: {:.0} MB/s, first byte after {:.0} us",
                     Human(sample.batch),
@@ -270,11 +277,12 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             for &slaves in &args.fanout {
                 let slaves = slaves.max(1);
                 note(format_args!("fan-out, {transport}, {slaves} slave(s)"));
+                let reader = reader.as_ref().expect("generated for fan-out");
                 fanouts.push(fanout(
                     transport,
                     configs[0],
                     slaves,
-                    &reader,
+                    reader,
                     args.fanout_bytes.0.min(total),
                     &dir.0,
                 )?);
@@ -914,11 +922,30 @@ impl Results<'_> {
     }
 
     fn print_rest(&self) {
-        let a = self.args;
+        if !self.latencies.is_empty() {
+            self.print_latency();
+        }
+        if !self.fanouts.is_empty() {
+            self.print_fanout();
+        }
+        if !self.memory.is_empty() {
+            self.print_memory();
+        }
+        if !self.replication.is_empty() {
+            println!();
+            println!(
+                "time from starting a slave to its first stored byte (median over the \
+                 replication rows): {:.0} us",
+                self.first_byte_median()
+            );
+        }
+    }
+
+    fn print_latency(&self) {
         println!(
             "sync replication latency (append, then wait for the slave's ack; {} messages per \
              size)",
-            a.messages.max(1)
+            self.args.messages.max(1)
         );
         println!(
             "  {:<9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -932,33 +959,38 @@ impl Results<'_> {
                 Human(l.size).to_string()
             );
         }
-        if !self.fanouts.is_empty() {
-            println!();
+        println!();
+    }
+
+    fn print_fanout(&self) {
+        let a = self.args;
+        println!(
+            "fan-out (one master; all slaves on one thread; {} per case divided among the \
+             slaves)",
+            Human(a.fanout_bytes.0.min(a.bytes.0))
+        );
+        println!(
+            "  {:<9} {:>7} {:>15} {:>22}",
+            "transport", "slaves", "aggregate MB/s", "per slave MB/s med/min"
+        );
+        for f in &self.fanouts {
             println!(
-                "fan-out (one master; all slaves on one thread; {} per case divided among the \
-                 slaves)",
-                Human(a.fanout_bytes.0.min(a.bytes.0))
+                "  {:<9} {:>7} {:>15.0} {:>14.0} / {:<6.0}",
+                f.transport.name(),
+                f.slaves,
+                f.aggregate,
+                f.per_slave_median,
+                f.per_slave_min
             );
-            println!(
-                "  {:<9} {:>7} {:>15} {:>22}",
-                "transport", "slaves", "aggregate MB/s", "per slave MB/s med/min"
-            );
-            for f in &self.fanouts {
-                println!(
-                    "  {:<9} {:>7} {:>15.0} {:>14.0} / {:<6.0}",
-                    f.transport.name(),
-                    f.slaves,
-                    f.aggregate,
-                    f.per_slave_median,
-                    f.per_slave_min
-                );
-            }
         }
         println!();
+    }
+
+    fn print_memory(&self) {
+        let n = self.args.idle_connections.max(1);
         println!(
             "memory per idle connection (VmRSS growth from {n} to {} connections, / {n})",
-            2 * a.idle_connections.max(1),
-            n = a.idle_connections.max(1)
+            2 * n
         );
         println!("  {:<9} {:>12} {:>12}", "transport", "master", "slave");
         for m in &self.memory {
@@ -967,14 +999,6 @@ impl Results<'_> {
                 m.transport.name(),
                 Human(m.master as u64).to_string(),
                 Human(m.slave as u64).to_string()
-            );
-        }
-        if !self.replication.is_empty() {
-            println!();
-            println!(
-                "time from starting a slave to its first stored byte (median over the \
-                 replication rows): {:.0} us",
-                self.first_byte_median()
             );
         }
     }
