@@ -20,6 +20,9 @@ use super::net::{End, Net, Read, Write};
 use super::scenario::Params;
 use super::trace::Trace;
 
+/// More output than this from one input means a machine is stuck producing it.
+const OUTPUT_BOUND: usize = 1000;
+
 /// Node times sit this far after the epoch, so skews and backward jumps never underflow.
 const BASE: Duration = Duration::from_secs(1_000_000);
 
@@ -56,6 +59,16 @@ impl Clocks {
         let latest = &self.latest[node];
         latest.set(latest.get().max(t));
         self.epoch + t
+    }
+
+    /// The epoch all node instants count from.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// The latest time node `node`'s machines were given, since the epoch.
+    pub fn latest(&self, node: usize) -> Duration {
+        self.latest[node].get()
     }
 
     /// How far node `node`'s machines are ahead of its clock at `now` (after backward jumps).
@@ -179,6 +192,10 @@ pub struct SlaveNode {
     /// The highest max offset this slave ever stored.
     pub stored_ever: u64,
     last_report: Option<u64>,
+    /// Whether the current connection delivered a whole, valid frame (the back-off resets).
+    link_had_frame: bool,
+    /// The latest time handed to the current client.
+    client_clock: Cell<Instant>,
     /// Connections this slave lost or closed.
     pub disconnects: u64,
     /// Crashed and not yet restarted.
@@ -206,6 +223,8 @@ impl SlaveNode {
             version: 0,
             stored_ever,
             last_report: None,
+            link_had_frame: false,
+            client_clock: Cell::new(now),
             disconnects: 0,
             crashed: false,
             paused_until: Duration::ZERO,
@@ -217,8 +236,12 @@ impl SlaveNode {
         self.index + 1
     }
 
+    /// The node's time now; every time handed to the client comes from here, so
+    /// `client_clock` is the client's own (clamped) clock.
     fn now(&self, cx: &Ctx<'_>) -> Instant {
-        cx.clocks.instant(self.node(), cx.now)
+        let now = cx.clocks.instant(self.node(), cx.now);
+        self.client_clock.set(self.client_clock.get().max(now));
+        now
     }
 
     /// Bytes of appends waiting for the disk.
@@ -281,7 +304,13 @@ impl SlaveNode {
 
     /// Drains events and reports after an input (steps 1-2 of the client's loop).
     fn drain(&mut self, cx: &mut Ctx<'_>) -> Check {
-        loop {
+        for rounds in 0.. {
+            if rounds > OUTPUT_BOUND * 1000 {
+                return Err(fail(
+                    "machine_output_is_finite",
+                    format!("slave {} keeps producing output", self.index),
+                ));
+            }
             let mut progressed = false;
             while let Some(event) = self.client.poll_event() {
                 progressed = true;
@@ -311,8 +340,19 @@ impl SlaveNode {
             }
             progressed |= self.apply_appends(cx, false)?;
             let now = self.now(cx);
+            let mut reports = 0;
             while let Some(report) = self.client.poll_transmit(now) {
                 progressed = true;
+                reports += 1;
+                if reports > OUTPUT_BOUND {
+                    return Err(fail(
+                        "machine_output_is_finite",
+                        format!(
+                            "slave {} keeps producing reports at one instant",
+                            self.index
+                        ),
+                    ));
+                }
                 let value = u64::from_be_bytes(report);
                 check::report_is_monotonic_and_stored(
                     self.index,
@@ -381,6 +421,7 @@ impl SlaveNode {
         self.out.clear();
         self.queued = None;
         self.last_report = None;
+        self.link_had_frame = false;
         let stored = self.log.max_offset();
         tr!(
             cx,
@@ -395,6 +436,8 @@ impl SlaveNode {
     pub fn connect_failed(&mut self, cx: &mut Ctx<'_>) -> Check {
         self.dialing = None;
         self.client.handle_connect_failed(self.now(cx));
+        self.link_had_frame = false;
+        self.check_backoff()?;
         self.drain(cx)
     }
 
@@ -452,7 +495,11 @@ impl SlaveNode {
                         false,
                     )?;
                     let now = self.now(cx);
-                    match self.client.handle_input(now, &mut self.inbuf) {
+                    let before = self.inbuf.len();
+                    let result = self.client.handle_input(now, &mut self.inbuf);
+                    // Bytes split off the front are whole, valid frames.
+                    self.link_had_frame |= self.inbuf.len() < before;
+                    match result {
                         Ok(()) => check::slave_buffer_bounded(
                             self.index,
                             self.inbuf.len(),
@@ -500,6 +547,7 @@ impl SlaveNode {
                 ),
             ));
         }
+        self.check_backoff()?;
         if let Some(link) = self.link.take() {
             let lost = may_lose && cx.lose_close(200);
             cx.net.close(link, End::Slave, cx.now, lost, cx.entropy);
@@ -511,6 +559,37 @@ impl SlaveNode {
         self.out.clear();
         self.queued = None;
         self.disconnects += 1;
+        Ok(())
+    }
+
+    /// §1.4: after a connection ends (or a dial fails) the machine waits before dialing again,
+    /// at most the back-off ceiling, and at most the initial delay if the connection delivered
+    /// a valid frame (progress resets the back-off).
+    fn check_backoff(&self) -> Check {
+        let Some(deadline) = self.client.poll_timeout() else {
+            return Err(fail(
+                "reconnect_is_backed_off",
+                format!(
+                    "slave {} has no reconnect deadline after a disconnect",
+                    self.index
+                ),
+            ));
+        };
+        let delay = deadline.saturating_duration_since(self.client_clock.get());
+        let bound = if self.link_had_frame {
+            self.config.reconnect_backoff_initial()
+        } else {
+            self.config.reconnect_backoff_max()
+        };
+        if delay.is_zero() || delay > bound {
+            return Err(fail(
+                "reconnect_is_backed_off",
+                format!(
+                    "slave {} redials after {delay:?}, bound {bound:?} (connection delivered a frame: {})",
+                    self.index, self.link_had_frame
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -560,7 +639,9 @@ impl SlaveNode {
     /// The slave restarts from its stored log with a fresh machine.
     pub fn restart(&mut self, cx: &mut Ctx<'_>) -> Check {
         let seed = cx.entropy.seed();
-        self.client = HaClient::new(self.config, seed, self.now(cx));
+        let now = cx.clocks.instant(self.node(), cx.now);
+        self.client_clock.set(now);
+        self.client = HaClient::new(self.config, seed, now);
         self.crashed = false;
         self.paused_until = Duration::ZERO;
         self.last_report = None;
@@ -603,6 +684,7 @@ impl SlaveNode {
             self.queued = None;
             self.disconnects += 1;
             self.client.handle_disconnected(self.now(cx));
+            self.check_backoff()?;
             self.drain(cx)?;
         }
         Ok(())
@@ -781,7 +863,13 @@ impl MasterNode {
 
     fn drain_events(&mut self, cx: &mut Ctx<'_>, link: u64, stored_ever: &[u64]) -> Check {
         let now = Self::now(cx);
-        loop {
+        for events in 0.. {
+            if events > OUTPUT_BOUND {
+                return Err(fail(
+                    "machine_output_is_finite",
+                    format!("master link {link} keeps producing events"),
+                ));
+            }
             let conn = self.conns.get_mut(&link).expect("live connection");
             let Some(event) = conn.machine.poll_event() else {
                 break;
@@ -827,7 +915,7 @@ impl MasterNode {
     }
 
     fn transmit(&mut self, cx: &mut Ctx<'_>, link: u64) -> Check {
-        loop {
+        for _ in 0..OUTPUT_BOUND * 1000 {
             let now = Self::now(cx);
             let Some(conn) = self.conns.get_mut(&link) else {
                 return Ok(());
@@ -880,6 +968,10 @@ impl MasterNode {
                 return self.conn_error(cx, link, e);
             }
         }
+        Err(fail(
+            "machine_output_is_finite",
+            format!("master link {link} keeps producing frames at one instant"),
+        ))
     }
 
     fn conn_error(&mut self, cx: &mut Ctx<'_>, link: u64, e: MasterError) -> Check {
@@ -963,12 +1055,19 @@ impl MasterNode {
                 .entropy
                 .duration(Duration::ZERO, self.config.slave_timeout() * 2);
             let deadline = now + wait;
+            // Usually the end of the write just made; sometimes an older offset, as when the
+            // wait is registered after acks already arrived.
+            let offset = if cx.entropy.chance(300) {
+                cx.entropy.range(self.log.min_offset(), max)
+            } else {
+                max
+            };
             self.model.advance(now);
-            let ticket = self.service.wait_for(now, max, acks_needed, deadline);
-            self.model.issue(ticket, max, acks_needed, deadline)?;
+            let ticket = self.service.wait_for(now, offset, acks_needed, deadline);
+            self.model.issue(ticket, offset, acks_needed, deadline)?;
             tr!(
                 cx,
-                "master waits ({}) for {acks_needed} acks of {max} within {wait:?}",
+                "master waits ({}) for {acks_needed} acks of {offset} within {wait:?}",
                 ticket.get()
             );
             self.after_service_call(cx, Some(ticket), false)?;
