@@ -366,6 +366,10 @@ impl Harness {
                     same_error(&e, &expected),
                     "error {e:?}, reference {expected:?}"
                 );
+                if let Expected::Wire(_) = expected {
+                    // A header that can never be valid wants no more bytes.
+                    assert_eq!(self.client.bytes_wanted(&self.buf), 0);
+                }
                 self.closed();
             }
             (result, error) => panic!("machine {result:?}, reference {error:?}"),
@@ -569,6 +573,9 @@ impl Harness {
         if self.shut_down {
             assert!(self.client.is_shutdown());
             assert_eq!(timeout, None);
+            // A late dial answer does not bring a shut-down client back.
+            self.client
+                .handle_connected(self.now, self.log.max_offset());
             assert_eq!(self.client.poll_transmit(self.now), None);
             assert!(!self.client.is_connected());
             return;
