@@ -63,7 +63,7 @@ fn serve_connection<L: LogSource + Send + Sync>(conn: ConnectionGuard<L>, stream
     let Ok(key) = stop.register(&stream) else {
         return;
     };
-    match stream.set_nodelay(true) {
+    match crate::shared::tune_master_socket(&stream) {
         Ok(()) => {
             let machine = Mutex::new(conn.machine());
             let done = AtomicBool::new(false);

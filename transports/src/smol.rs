@@ -71,7 +71,7 @@ where
                         return Ok(());
                     };
                     // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
-                    if socket.get_ref().set_nodelay(true).is_ok() {
+                    if crate::shared::tune_master_socket(socket.get_ref()).is_ok() {
                         tasks.retain(|task| !task.is_finished());
                         tasks.push(
                             executor.spawn(runtime::serve_connection::<Smol, L>(conn, socket)),

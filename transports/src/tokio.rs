@@ -77,7 +77,7 @@ where
                     return Ok(());
                 };
                 // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
-                if socket.set_nodelay(true).is_ok() {
+                if crate::shared::tune_master_socket(&socket).is_ok() {
                     tasks.spawn(runtime::serve_connection::<Tokio, L>(conn, socket));
                 }
             }

@@ -31,6 +31,23 @@ const HISTORY: usize = 64;
 /// system call.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// The send buffer of a master's connection (`SO_SNDBUF`; Linux doubles it for bookkeeping).
+///
+/// Left to autotuning, every connection's buffer grows to `tcp_wmem`'s maximum (4 MiB here),
+/// and with many slaves the data in flight outgrows the CPU caches: `bench` measured 64 slaves
+/// on one master at 480-610 MB/s aggregate with autotuning and 880-1120 MB/s with 1 MiB, with
+/// one slave unchanged within noise. 1 MiB still covers the bandwidth-delay product of
+/// 10 Gbit/s at 1.6 ms round trip (RocketMQ's Java master uses 64 KiB).
+const MASTER_SEND_BUFFER: usize = 1 << 20;
+
+/// Socket options of a master's accepted connection: no Nagle delay for frames (§1.2) and a
+/// bounded send buffer ([`MASTER_SEND_BUFFER`]). A failure of the latter only costs speed.
+pub(crate) fn tune_master_socket<S: std::os::fd::AsFd>(socket: &S) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    let _ = socket.set_send_buffer_size(MASTER_SEND_BUFFER);
+    socket.set_tcp_nodelay(true)
+}
+
 /// Locks a mutex; a panic in another thread leaves state that is still consistent here, because
 /// every critical section below leaves it valid at each step.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
