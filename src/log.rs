@@ -39,6 +39,21 @@ pub trait LogSink: LogSource {
     /// accepts any start offset (an empty slave starts where the master says, §4.4). Anything
     /// else is [`LogError::NotContiguous`] and writes nothing.
     fn append(&mut self, offset: u64, data: Bytes) -> Result<u64, LogError>;
+
+    /// Appends `pieces` one after the other starting at `offset`, as if by one
+    /// [`append`](Self::append) each, and returns the new max offset. On an error the pieces
+    /// before the failing one may be appended; [`LogSource::max_offset`] says how far.
+    ///
+    /// A slave's driver hands over all the frames of one read at once, so a log that can write
+    /// them in one system call (a vectored write) overrides this; the default appends each.
+    fn append_all(&mut self, offset: u64, pieces: &[Bytes]) -> Result<u64, LogError> {
+        let (mut at, mut end) = (offset, self.max_offset());
+        for piece in pieces {
+            end = self.append(at, piece.clone())?;
+            at = end;
+        }
+        Ok(end)
+    }
 }
 
 impl<T: LogSource + ?Sized> LogSource for &T {
@@ -322,6 +337,28 @@ mod tests {
         assert!(log.read(70, 10).unwrap().is_empty());
         log.push(pattern(70, 5));
         assert_eq!(log.copy_range(0, 75).unwrap(), pattern(0, 75));
+    }
+
+    #[test]
+    fn append_all_appends_each_piece_in_order() {
+        let mut log = MemoryLog::new(8);
+        let pieces = [
+            Bytes::from(pattern(100, 5)),
+            Bytes::new(),
+            Bytes::from(pattern(105, 7)),
+        ];
+        assert_eq!(log.append_all(100, &pieces).unwrap(), 112);
+        assert_eq!(log.copy_range(100, 112).unwrap(), pattern(100, 12));
+        assert_eq!(log.append_all(112, &[]).unwrap(), 112);
+        // A gap is refused as by `append`, and nothing after it is written.
+        assert!(matches!(
+            log.append_all(113, &pieces),
+            Err(LogError::NotContiguous {
+                offset: 113,
+                max: 112
+            })
+        ));
+        assert_eq!(log.max_offset(), 112);
     }
 
     #[test]

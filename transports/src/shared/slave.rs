@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rocketmq_ha::{ClientEvent, Config, HaClient, LogSink};
 
 use super::{block_until, lock, SharedLog, Stop, HISTORY, READ_CHUNK};
@@ -23,6 +23,8 @@ pub struct SlaveStatus {
     pub connections: u64,
     /// Connections or dials that ended with an error (see [`SlaveHandle::take_errors`]).
     pub failures: u64,
+    /// When the current (or last) connection was established: the TCP connect had returned.
+    pub connected_at: Option<Instant>,
 }
 
 /// The slave's shared state, given to a driver and kept by the user: the local commit log, the
@@ -148,6 +150,7 @@ impl<L> SlaveHandle<L> {
             let status = &mut state.status;
             if connected && !status.connected {
                 status.connections += 1;
+                status.connected_at = Some(Instant::now());
             }
             status.connected = connected;
             if let Some(error) = error {
@@ -173,6 +176,8 @@ pub(crate) struct SlaveDriver<L> {
     buf: BytesMut,
     /// How many bytes at the front of `buf` are data from the master.
     filled: usize,
+    /// Appends taken from the machine and not yet written; kept to reuse its allocation.
+    batch: Vec<Bytes>,
     /// The size of the next read: it grows while reads fill it (a stream is flowing) and
     /// shrinks while they do not (an idle connection), between [`READ_MIN`] and [`READ_CHUNK`].
     chunk: usize,
@@ -189,6 +194,7 @@ impl<L: LogSink> SlaveDriver<L> {
             client,
             buf: BytesMut::new(),
             filled: 0,
+            batch: Vec::new(),
             chunk: READ_MIN,
         }
     }
@@ -197,26 +203,38 @@ impl<L: LogSink> SlaveDriver<L> {
     /// dial. A failed append closes the connection (the rest of the batch is dropped, as it
     /// could not be contiguous).
     pub(crate) fn apply(&mut self) -> bool {
-        let Some(mut event) = self.client.poll_event() else {
+        let Some(first) = self.client.poll_event() else {
             return false;
         };
         let client = &mut self.client;
+        let batch = &mut self.batch;
         let mut dial = false;
         let mut failed = None;
-        self.handle.inner.log.update(|log| loop {
-            match event {
-                ClientEvent::Connect => dial = true,
-                ClientEvent::Append { offset, data } if failed.is_none() => {
-                    match log.append(offset, data) {
-                        Ok(max) => client.handle_appended(max),
-                        Err(e) => failed = Some(e),
+        self.handle.inner.log.update(|log| {
+            // The appends (the frames of a read, each starting where the previous ended) go to
+            // the log together: a file log writes them with one system call. A dial request
+            // among them is answered after they are all applied, as the machine requires.
+            let mut from = 0;
+            let mut next = Some(first);
+            while let Some(event) = next {
+                match event {
+                    ClientEvent::Append { offset, data } => {
+                        if batch.is_empty() {
+                            from = offset;
+                        }
+                        batch.push(data);
                     }
+                    ClientEvent::Connect => dial = true,
+                    _ => {}
                 }
-                _ => {}
+                next = client.poll_event();
             }
-            match client.poll_event() {
-                Some(next) => event = next,
-                None => break,
+            if !batch.is_empty() {
+                match log.append_all(from, batch) {
+                    Ok(max) => client.handle_appended(max),
+                    Err(e) => failed = Some(e),
+                }
+                batch.clear();
             }
         });
         if let Some(error) = failed {
