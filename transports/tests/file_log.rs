@@ -664,7 +664,7 @@ fn crash_child(dir: &str) -> ! {
         if at - first < CRASH_RUN_CAP {
             let len = lengths.next().unwrap_or(1);
             let data = Bytes::from(pattern(at, len));
-            at = if appends % 2 == 0 {
+            at = if appends.is_multiple_of(2) {
                 log.append(at, data).unwrap()
             } else {
                 // As a slave's driver does with the frames of one read: one vectored write.
