@@ -170,7 +170,6 @@ pub fn start_follows_first_transfer_rule(
 
 /// §8 #7-8: frames on one connection are contiguous, data frames hold 1..=batch bytes from one
 /// segment that the log really has, and a heartbeat announces the next offset.
-#[allow(clippy::too_many_arguments)]
 pub fn frame_is_contiguous_and_bounded(
     history: &History,
     log: &MemoryLog,

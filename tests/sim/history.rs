@@ -27,11 +27,15 @@ pub struct History {
 }
 
 impl History {
-    /// An empty history; `salt` makes each run's bytes different.
-    pub fn new(salt: u64) -> Self {
+    /// An empty history whose first byte will be at `base`; `salt` makes each run's bytes
+    /// different.
+    pub fn new(salt: u64, base: u64) -> Self {
         History {
             salt,
-            versions: vec![Version { start: 0, end: 0 }],
+            versions: vec![Version {
+                start: 0,
+                end: base,
+            }],
         }
     }
 
@@ -137,7 +141,7 @@ mod tests {
 
     #[test]
     fn versions_share_the_prefix_and_differ_after_truncation() {
-        let mut h = History::new(7);
+        let mut h = History::new(7, 0);
         let v0 = h.extend(100).to_vec();
         assert!(h.truncate(60));
         let v1 = h.extend(50).to_vec();

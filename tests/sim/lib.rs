@@ -43,6 +43,7 @@ use history::History;
 use net::{Net, NetConfig, DOWN, UP};
 use node::{tr, Clocks, Ctx, Dial, MasterNode, SlaveNode};
 use scenario::SCHEDULED_FAULTS;
+use trace::Trace;
 
 /// How a run is observed (none of this changes what happens in it).
 #[derive(Debug, Clone)]
@@ -228,19 +229,24 @@ struct Sim {
     wiped: usize,
 }
 
-use trace::Trace;
-
 impl Sim {
     fn new(mut entropy: Entropy, options: &Options) -> Sim {
         let epoch = Instant::now();
         let p = Params::draw(&mut entropy, options.faults);
         let mut trace = Trace::new(options.trace_tail, options.echo_trace);
-        let mut history = History::new(entropy.seed());
-        let clocks = Clocks::new(epoch, p.slaves + 1);
+        let mut history = History::new(entropy.seed(), p.base);
+        let mut clocks = Clocks::new(epoch, p.slaves + 1);
+        if p.faults.has(Fault::Clock) {
+            // Every node's clock is off by up to ±2 s from the start.
+            for node in 0..=p.slaves {
+                let skew = entropy.range(0, 4_000_000_000) as i64 - 2_000_000_000;
+                clocks.jump(node, skew);
+            }
+        }
         let f = p.segment_size;
 
         // The master's log before the run, maybe with old segments already deleted.
-        let mut log = MemoryLog::new(f);
+        let mut log = MemoryLog::with_base(f, p.base);
         if p.initial_len > 0 {
             log.push(history.extend(p.initial_len as usize));
         }
@@ -249,12 +255,13 @@ impl Sim {
         for _ in 0..p.slaves {
             // A slave starting "behind" holds an old prefix of the master's log.
             let mut slave_log = MemoryLog::new(f);
-            if behind && log.max_offset() > 0 && entropy.chance(600) {
-                let end = entropy.range(1, log.max_offset());
+            if behind && !log.is_empty() && entropy.chance(600) {
+                let (min, max) = (log.min_offset(), log.max_offset());
+                let end = entropy.range(min + 1, max);
                 let start = if entropy.chance(500) {
-                    0
+                    min
                 } else {
-                    rocketmq_ha::segment_start(entropy.below(end), f)
+                    rocketmq_ha::segment_start(entropy.range(min, end - 1), f).max(min)
                 };
                 slave_log
                     .append(start, bytes::Bytes::from(history.content(0, start, end)))
@@ -262,8 +269,8 @@ impl Sim {
             }
             slave_logs.push(slave_log);
         }
-        if behind && log.max_offset() > 0 && entropy.chance(500) {
-            let upto = entropy.range(0, log.max_offset());
+        if behind && !log.is_empty() && entropy.chance(500) {
+            let upto = entropy.range(log.min_offset(), log.max_offset());
             log.delete_segments_before(upto);
         }
 
@@ -339,12 +346,6 @@ impl Sim {
             partitioned_at_heal: false,
             wiped: 0,
         };
-        if sim.p.faults.has(Fault::Clock) {
-            for node in 0..=sim.p.slaves {
-                let skew = sim.entropy.range(0, 4_000_000_000) as i64 - 2_000_000_000;
-                sim.clocks.jump(node, skew);
-            }
-        }
         if SCHEDULED_FAULTS.iter().any(|&k| sim.p.faults.has(k)) {
             sim.next_fault = sim.gap(sim.p.fault_interval);
         }
@@ -706,10 +707,72 @@ impl Sim {
                 if s.crashed {
                     s.restart(&mut cx)?;
                 }
+                // What a stalled slave still had queued for its disk lands now, so the check
+                // for stranded slaves below sees its real log.
+                s.flush_appends(&mut cx)?;
             }
         }
-        // Operator action: a slave whose log ends below the master's retained range is refused
-        // forever (§3.3, issue #3388); it is rebuilt empty.
+        self.wipe_stranded()?;
+        self.top_up_past(self.master.log.max_offset())?;
+        let debt = (0..=self.p.slaves)
+            .map(|node| self.clocks.debt(node, self.now))
+            .max()
+            .unwrap_or_default();
+        // A clock that jumped back silences its node until the debt is repaid, which may doom
+        // connections (the peer's housekeeping runs meanwhile): allow them to close and come
+        // back before judging connections idle.
+        let settle = if debt.is_zero() {
+            Duration::ZERO
+        } else {
+            debt + self.p.config.housekeeping_interval() + self.p.config.heartbeat_interval()
+        };
+        self.quiet_from = self.now + settle;
+        self.bound = self.catch_up_bound() + settle;
+        tr!(
+            self,
+            "heal: master at {}, clock debt {debt:?}, catch-up bound {:?}",
+            self.master.log.max_offset(),
+            self.bound
+        );
+        Ok(())
+    }
+
+    /// The workload writes once more whenever a slave is ahead of the master (a lost tail,
+    /// §7.2 #10); bytes from before the loss may still arrive after the heal.
+    fn top_up(&mut self) -> Check {
+        let max = self.master.log.max_offset();
+        if self.slaves.iter().any(|s| s.log.max_offset() > max) {
+            self.top_up_past(max)?;
+        }
+        Ok(())
+    }
+
+    /// Appends until the master is past every slave and past `at`, ending inside a segment (so
+    /// an empty slave starting at the last segment has something to fetch).
+    fn top_up_past(&mut self, at: u64) -> Check {
+        let f = self.p.segment_size;
+        let highest = self
+            .slaves
+            .iter()
+            .map(|s| s.log.max_offset())
+            .chain([at])
+            .max()
+            .unwrap_or(0);
+        let mut target = highest + 1 + self.entropy.below(f);
+        if target % f == 0 {
+            target += 1;
+        }
+        let len = (target - self.master.log.max_offset()) as usize;
+        let data = self.history.extend(len);
+        self.bytes_written += len as u64;
+        let (mut cx, master, _) = self.ctx();
+        master.append(&mut cx, data)
+    }
+
+    /// Operator action: a slave whose log ends below the master's retained range is refused
+    /// forever (§3.3, issue #3388), so it is rebuilt empty. This can happen after the heal too:
+    /// bytes sent before the master deleted those segments may still be in flight.
+    fn wipe_stranded(&mut self) -> Check {
         let min = self.master.log.min_offset();
         let stranded: Vec<usize> = self
             .slaves
@@ -722,38 +785,6 @@ impl Sim {
             let (mut cx, _, slaves) = self.ctx();
             slaves[i].wipe(&mut cx)?;
         }
-        // The last append.
-        let f = self.p.segment_size;
-        let highest = self
-            .slaves
-            .iter()
-            .map(|s| s.log.max_offset())
-            .chain([self.master.log.max_offset()])
-            .max()
-            .unwrap_or(0);
-        let mut target = highest + 1 + self.entropy.below(f);
-        if target % f == 0 {
-            target += 1;
-        }
-        let len = (target - self.master.log.max_offset()) as usize;
-        let data = self.history.extend(len);
-        self.bytes_written += len as u64;
-        {
-            let (mut cx, master, _) = self.ctx();
-            master.append(&mut cx, data)?;
-        }
-        let debt = (0..=self.p.slaves)
-            .map(|node| self.clocks.debt(node, self.now))
-            .max()
-            .unwrap_or_default();
-        self.quiet_from = self.now + debt;
-        self.bound = self.catch_up_bound() + debt;
-        tr!(
-            self,
-            "heal: master at {}, catch-up bound {:?}",
-            self.master.log.max_offset(),
-            self.bound
-        );
         Ok(())
     }
 
@@ -793,6 +824,8 @@ impl Sim {
     fn progress(&mut self) -> Check {
         match self.phase {
             Phase::Heal => {
+                self.wipe_stranded()?;
+                self.top_up()?;
                 let caught_up = self.caught_up();
                 if caught_up && self.caught_up_at.is_none() {
                     self.caught_up_at = Some(self.now);

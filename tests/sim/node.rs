@@ -153,14 +153,6 @@ impl Ctx<'_> {
     }
 }
 
-/// Nanoseconds since the epoch of a node instant, for traces.
-fn ms(clocks: &Clocks, t: Instant) -> f64 {
-    t.saturating_duration_since(clocks.epoch)
-        .saturating_sub(BASE)
-        .as_secs_f64()
-        * 1000.0
-}
-
 // ---------------------------------------------------------------------------------------------
 // Slave
 // ---------------------------------------------------------------------------------------------
@@ -634,6 +626,14 @@ impl SlaveNode {
         self.queued = None;
         self.dialing = None;
         self.disconnects += 1;
+    }
+
+    /// The disk finishes every pending append now.
+    pub fn flush_appends(&mut self, cx: &mut Ctx<'_>) -> Check {
+        if self.apply_appends(cx, true)? {
+            self.drain(cx)?;
+        }
+        Ok(())
     }
 
     /// The slave restarts from its stored log with a fresh machine.
@@ -1153,9 +1153,4 @@ impl MasterNode {
         }
         s
     }
-}
-
-/// Formats a node instant for traces as milliseconds of virtual node time.
-pub fn fmt_instant(clocks: &Clocks, t: Instant) -> String {
-    format!("{:.3}ms", ms(clocks, t))
 }

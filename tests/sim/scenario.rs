@@ -151,6 +151,9 @@ pub struct Params {
     pub append_max: u64,
     /// Chance (per mille) that an append is followed by a sync-replication wait.
     pub sync_per_mille: u64,
+    /// Where the master's log starts: usually 0, sometimes far up, up to just below the
+    /// largest offset the wire carries (`i64::MAX`), to shake out overflows.
+    pub base: u64,
     /// Bytes in the master's log before the run starts.
     pub initial_len: u64,
     /// One-way latency and jitter.
@@ -279,6 +282,11 @@ impl Params {
         let append_cap = (byte_budget / mean_appends.max(1)).clamp(1, 64 * 1024);
         let append_max = e.log_range(1, append_cap);
         let sync_per_mille = if e.chance(700) { e.range(0, 1000) } else { 0 };
+        let base = match e.below(8) {
+            0 => e.range(1 << 32, 1 << 40),
+            1 => i64::MAX as u64 - (64 << 20) - e.below(1 << 30),
+            _ => 0,
+        };
         let initial_len = if e.chance(500) {
             e.below((segment_size * 4).min(byte_budget + 1))
         } else {
@@ -297,6 +305,7 @@ impl Params {
             append_interval,
             append_max,
             sync_per_mille,
+            base,
             initial_len,
             latency,
             jitter,
