@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Instant;
 
 use bytes::Buf;
@@ -46,6 +47,30 @@ pub(crate) fn io_slices(transmit: &Transmit) -> ([IoSlice<'_>; 2], usize) {
     (slices, n)
 }
 
+/// A timer kept across run-loop iterations: the deadline it rings at, and its sleep.
+type Alarm<F> = Option<(Instant, Pin<Box<F>>)>;
+
+/// Makes `alarm` ring no later than `deadline`. An alarm already set for that instant or an
+/// earlier one is kept: ringing early only makes the loop ask the machine, which finds nothing
+/// due. So the timer is replaced only when a deadline comes sooner or the alarm rang, not on
+/// every iteration, where deadlines move a little later with each read and write; re-arming
+/// each time cost async-io a timer update and a reactor wake-up per frame.
+fn rearm<F>(alarm: &mut Alarm<F>, deadline: Option<Instant>, sleep: impl FnOnce(Instant) -> F) {
+    match (deadline, &*alarm) {
+        (None, _) => *alarm = None,
+        (Some(deadline), Some((at, _))) if *at <= deadline => {}
+        (Some(deadline), _) => *alarm = Some((deadline, Box::pin(sleep(deadline)))),
+    }
+}
+
+/// Completes when `alarm` rings; never without one.
+async fn ring<F: Future>(alarm: &mut Alarm<F>) {
+    match alarm {
+        Some((_, sleep)) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    };
+}
+
 /// What woke a master connection.
 enum Wake {
     Read(io::Result<usize>),
@@ -73,6 +98,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
     let mut pending: Option<Transmit> = None;
     // Reports are 8 bytes; the machine uses only the last one of a read (§3.2).
     let mut reports = [0u8; 1024];
+    let mut alarm = None;
     loop {
         let mut grew = None;
         if pending.is_none() {
@@ -84,7 +110,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
                 grew = pending.is_none().then_some(listener);
             }
         }
-        let deadline = machine.poll_timeout();
+        rearm(&mut alarm, machine.poll_timeout(), R::sleep_until);
         // Reads first: with writes first, a socket that always has room would starve acks.
         let wake = async { Wake::Read(R::read(socket, &mut reports).await) }
             .or(async {
@@ -99,7 +125,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
                 Wake::Grew
             })
             .or(async {
-                maybe(deadline.map(R::sleep_until)).await;
+                ring(&mut alarm).await;
                 Wake::Deadline
             })
             .await;
@@ -119,7 +145,10 @@ async fn master_loop<R: Runtime, L: LogSource>(
             }
             Wake::Read(Err(e)) | Wake::Wrote(Err(e)) => return Err(e.into()),
             Wake::Grew => {}
-            Wake::Deadline => machine.handle_timeout(now)?,
+            Wake::Deadline => {
+                alarm = None;
+                machine.handle_timeout(now)?
+            }
         }
         conn.forward(&mut machine);
     }
@@ -157,6 +186,7 @@ pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
 }
 
 async fn slave_connection<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>, socket: &R::Socket) {
+    let mut alarm = None;
     loop {
         slave.apply();
         while let Some(report) = slave.poll_report() {
@@ -167,10 +197,10 @@ async fn slave_connection<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>, so
         if !slave.is_connected() {
             return;
         }
-        let deadline = slave.deadline();
+        rearm(&mut alarm, slave.deadline(), R::sleep_until);
         let read = async { Some(R::read(socket, slave.read_buf()).await) }
             .or(async {
-                maybe(deadline.map(R::sleep_until)).await;
+                ring(&mut alarm).await;
                 None
             })
             .await;
@@ -178,7 +208,10 @@ async fn slave_connection<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>, so
             Some(Ok(0)) => return slave.disconnected(None),
             Some(Ok(n)) => slave.on_read(n),
             Some(Err(e)) => return slave.disconnected(Some(e.into())),
-            None => slave.on_timeout(),
+            None => {
+                alarm = None;
+                slave.on_timeout()
+            }
         }
     }
 }
