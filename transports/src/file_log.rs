@@ -82,10 +82,20 @@ fn lock_store(root: &Path) -> Result<File, FileLogError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| FileLogError::io("open", &path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(FileLogError::Locked { path }),
-        Err(fs::TryLockError::Error(e)) => Err(FileLogError::io("lock", path, e)),
+    // The lock belongs to the open file, which a child process forked by another thread of
+    // this process shares until it execs: for that moment a store just closed still looks
+    // locked (the file_log tests hit this while the SIGKILL test spawns children). A real
+    // second writer holds the lock far longer than the short retry below.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(FileLogError::Locked { path }),
+            Err(fs::TryLockError::Error(e)) => return Err(FileLogError::io("lock", path, e)),
+        }
     }
 }
 pub use error::FileLogError;
