@@ -11,6 +11,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_executor::{Executor, Task};
@@ -54,42 +55,55 @@ pub async fn serve<L>(listener: Async<TcpListener>, master: MasterHandle<L>) -> 
 where
     L: LogSource + Send + Sync + 'static,
 {
-    let executor = Executor::new();
+    let executor = Arc::new(Executor::new());
+    // The accept loop is a task of its own, polled only when the listener or the stop signal
+    // wakes it: as the future `run` drives, it would be polled (and try to accept) whenever any
+    // connection's task woke. It holds the executor weakly, so dropping this future drops the
+    // executor and with it every task.
+    let accept = executor.spawn(accept_loop(Arc::downgrade(&executor), listener, master));
+    executor.run(accept).await
+}
+
+async fn accept_loop<L>(
+    executor: Weak<Executor<'static>>,
+    listener: Async<TcpListener>,
+    master: MasterHandle<L>,
+) -> io::Result<()>
+where
+    L: LogSource + Send + Sync + 'static,
+{
+    // Dropping a task cancels it, which closes its socket and unregisters the connection; these
+    // go when the loop returns.
     let mut tasks: Vec<Task<()>> = Vec::new();
-    let accept_loop = async {
-        loop {
-            let accepted = async { Some(listener.accept().await) }
-                .or(async {
-                    master.stop().wait().await;
-                    None
-                })
-                .await;
-            match accepted {
-                None => return Ok(()),
-                Some(Ok((socket, peer))) => {
-                    let Some(conn) = master.connect(peer) else {
-                        return Ok(());
-                    };
-                    // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
-                    if crate::shared::tune_master_socket(socket.get_ref()).is_ok() {
-                        tasks.retain(|task| !task.is_finished());
-                        tasks.push(
-                            executor.spawn(runtime::serve_connection::<Smol, L>(conn, socket)),
-                        );
-                    }
-                }
-                // Accept errors (a peer that reset before accept, out of descriptors) are about
-                // one connection or momentary; pause briefly so a persistent one cannot spin.
-                Some(Err(_)) => {
-                    Timer::after(Duration::from_millis(50)).await;
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                master.stop().wait().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => return Ok(()),
+            Some(Ok((socket, peer))) => {
+                let Some(conn) = master.connect(peer) else {
+                    return Ok(());
+                };
+                let Some(executor) = executor.upgrade() else {
+                    return Ok(());
+                };
+                // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
+                if crate::shared::tune_master_socket(socket.get_ref()).is_ok() {
+                    tasks.retain(|task| !task.is_finished());
+                    tasks.push(executor.spawn(runtime::serve_connection::<Smol, L>(conn, socket)));
                 }
             }
+            // Accept errors (a peer that reset before accept, out of descriptors) are about
+            // one connection or momentary; pause briefly so a persistent one cannot spin.
+            Some(Err(_)) => {
+                Timer::after(Duration::from_millis(50)).await;
+            }
         }
-    };
-    let result = executor.run(accept_loop).await;
-    // Dropping a task cancels it, which closes its socket and unregisters the connection.
-    drop(tasks);
-    result
+    }
 }
 
 /// Runs a slave until `slave` is shut down.
