@@ -25,6 +25,7 @@ pub struct Config {
     heartbeat_interval: Duration,
     housekeeping_interval: Duration,
     transfer_batch_size: u32,
+    first_batch_size: Option<u32>,
     max_frame_size: u32,
     start_position: StartPosition,
     reject_ack_above_max: bool,
@@ -42,6 +43,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_millis(5_000),
             housekeeping_interval: Duration::from_millis(20_000),
             transfer_batch_size: 32 * 1024,
+            first_batch_size: None,
             max_frame_size: JAVA_MAX_FRAME_SIZE,
             start_position: StartPosition::LastSegment,
             reject_ack_above_max: true,
@@ -78,6 +80,17 @@ impl Config {
     /// `haTransferBatchSize` (32 KiB): the most body bytes the master puts in one frame (§3.4).
     pub fn transfer_batch_size(&self) -> u32 {
         self.transfer_batch_size
+    }
+
+    /// The most body bytes in the first data frame of a connection, or `None` (the default,
+    /// RocketMQ's behaviour): every frame may carry [`transfer_batch_size`](Self::transfer_batch_size).
+    ///
+    /// With a limit, each later frame may carry twice the previous one's limit until it reaches
+    /// the batch size. A slave stores nothing of a frame before all of it arrived, so with large
+    /// batches this is what lets a (re)connecting slave store and acknowledge its first bytes
+    /// within a fraction of a millisecond instead of after a whole batch.
+    pub fn first_batch_size(&self) -> Option<u32> {
+        self.first_batch_size
     }
 
     /// The largest frame, header included, the slave accepts (4 MiB, a Java slave's buffer, §4.3).
@@ -130,7 +143,7 @@ impl Config {
     }
 
     fn validate(self) -> Result<Self, ConfigError> {
-        if self.transfer_batch_size == 0 {
+        if self.transfer_batch_size == 0 || self.first_batch_size == Some(0) {
             return Err(ConfigError::ZeroBatchSize);
         }
         if (self.max_frame_size as usize) < TRANSFER_HEADER_LEN {
@@ -198,6 +211,8 @@ impl ConfigBuilder {
         housekeeping_interval: Duration;
         /// See [`Config::transfer_batch_size`].
         transfer_batch_size: u32;
+        /// See [`Config::first_batch_size`].
+        first_batch_size: Option<u32>;
         /// See [`Config::max_frame_size`].
         max_frame_size: u32;
         /// See [`Config::start_position`].
@@ -257,6 +272,10 @@ mod tests {
             .transfer_batch_size(4_194_292)
             .build()
             .is_ok());
+        assert_eq!(
+            Config::builder().first_batch_size(Some(0)).build(),
+            Err(ConfigError::ZeroBatchSize)
+        );
         assert_eq!(
             Config::builder().max_frame_size(11).build(),
             Err(ConfigError::FrameLimitTooSmall(11))

@@ -139,8 +139,9 @@ impl Buf for Transmit {
 ///   retained offset, [`StartPosition::OldestRetained`]); a request below the retained range or
 ///   above the max is an error instead of Java's silent heartbeat loop.
 /// * §3.4 writer: nothing, not even a heartbeat, before the first report; a frame carries at most
-///   `transfer_batch_size` bytes and never crosses a segment; a heartbeat (size 0 at the next
-///   offset) when `heartbeat_interval` passed since the last write.
+///   `transfer_batch_size` bytes (with [`Config::first_batch_size`], the first frame less and
+///   each next one at most twice as much) and never crosses a segment; a heartbeat (size 0 at
+///   the next offset) when `heartbeat_interval` passed since the last write.
 /// * §3.2 housekeeping: close after `housekeeping_interval` without reading a byte.
 #[derive(Debug)]
 pub struct MasterConnection {
@@ -156,6 +157,9 @@ pub struct MasterConnection {
     next: Option<u64>,
     /// Whether a [`Transmit`] was handed out and not yet reported written (`!lastWriteOver`).
     in_flight: bool,
+    /// The most body bytes the next data frame may carry: [`Config::first_batch_size`] at
+    /// first, doubling per frame up to the batch size.
+    frame_limit: u32,
     last_read: Instant,
     closed: bool,
     events: VecDeque<MasterEvent>,
@@ -176,6 +180,11 @@ impl MasterConnection {
             ack: None,
             next: None,
             in_flight: false,
+            frame_limit: config
+                .first_batch_size()
+                .map_or(config.transfer_batch_size(), |first| {
+                    first.min(config.transfer_batch_size())
+                }),
             last_read: now,
             closed: false,
             events: VecDeque::new(),
@@ -352,7 +361,7 @@ impl MasterConnection {
         };
         let segment_size = log.segment_size();
         let segment_left = segment_start(next, segment_size) + segment_size - next;
-        let max_len = segment_left.min(u64::from(self.config.transfer_batch_size())) as usize;
+        let max_len = segment_left.min(u64::from(self.frame_limit)) as usize;
         let mut body = match log.read(next, max_len) {
             Ok(body) => body,
             Err(e) => return self.close_on_error(Err(e.into())),
@@ -365,6 +374,10 @@ impl MasterConnection {
                 body_len: body.len() as u32,
             };
             self.next = Some(header.end_offset());
+            self.frame_limit = self
+                .frame_limit
+                .saturating_mul(2)
+                .min(self.config.transfer_batch_size());
             return Ok(Some(self.hand_out(Transmit::new(header, body))));
         }
         if self.timers.is_expired(Timer::Heartbeat, now) {
@@ -492,6 +505,44 @@ mod tests {
         let mut c = MasterConnection::new(cfg, t0);
         c.handle_input(t0, &encode_report(0), &log).unwrap();
         assert_eq!(c.next_offset(), Some(F));
+    }
+
+    #[test]
+    fn first_batch_size_ramps_up_to_the_batch() {
+        let t0 = Instant::now();
+        let log = log_with(F as usize);
+        let cfg = Config::builder()
+            .transfer_batch_size(100)
+            .first_batch_size(Some(15))
+            .build()
+            .unwrap();
+        let mut c = MasterConnection::new(cfg, t0);
+        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        let mut sizes = Vec::new();
+        while let Some(t) = c.poll_transmit(t0, &log).unwrap() {
+            sizes.push(t.header().body_len);
+            c.on_transmitted(t0).unwrap();
+            if sizes.len() == 7 {
+                break;
+            }
+        }
+        assert_eq!(sizes, [15, 30, 60, 100, 100, 100, 100]);
+        // A first size above the batch is the batch.
+        let cfg = Config::builder()
+            .transfer_batch_size(100)
+            .first_batch_size(Some(1000))
+            .build()
+            .unwrap();
+        let mut c = MasterConnection::new(cfg, t0);
+        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        assert_eq!(
+            c.poll_transmit(t0, &log)
+                .unwrap()
+                .unwrap()
+                .header()
+                .body_len,
+            100
+        );
     }
 
     #[test]
