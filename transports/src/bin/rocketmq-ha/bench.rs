@@ -318,16 +318,15 @@ fn note(message: std::fmt::Arguments<'_>) {
     eprintln!("bench: {message}");
 }
 
-/// The replication configuration for one batch size: the whole store is replicated
-/// (`OldestRetained`) so the stores can be compared; everything else is RocketMQ's default.
+/// The replication configuration for one batch size, as the `master` command uses it (the
+/// first frame of a connection at most 32 KiB, doubling up to the batch), except that the whole
+/// store is replicated (`OldestRetained`) so the stores can be compared.
 fn config(batch: Size) -> Result<Config, Failure> {
-    let batch = u32::try_from(batch.0)
-        .map_err(|_| Failure(format!("batch size {} is too large", batch.0)))?;
-    Config::builder()
-        .transfer_batch_size(batch)
-        .start_position(StartPosition::OldestRetained)
-        .build()
-        .context("invalid settings")
+    crate::config(
+        batch,
+        Size(crate::FIRST_BATCH),
+        StartPosition::OldestRetained,
+    )
 }
 
 fn dedup(values: impl Iterator<Item = u64>) -> Vec<u64> {

@@ -85,10 +85,14 @@ struct MasterArgs {
     /// Append generated data at this rate (e.g. 10MiB), to test a growing log.
     #[arg(long, value_name = "BYTES_PER_SEC")]
     append_rate: Option<Size>,
-    /// Most log bytes per transfer frame (RocketMQ's haTransferBatchSize; a Java slave accepts
-    /// at most 4194292).
-    #[arg(long, value_name = "SIZE", default_value = "32KiB")]
+    /// Most log bytes per transfer frame (RocketMQ's haTransferBatchSize, 32 KiB in RocketMQ;
+    /// a Java slave accepts up to 4194292, so the larger default suits it as well).
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     batch_size: Size,
+    /// Most log bytes in the first frame of a connection; each next frame may carry twice as
+    /// much, up to --batch-size.
+    #[arg(long, value_name = "SIZE", default_value = "32KiB")]
+    first_batch_size: Size,
     /// Start an empty slave at the oldest byte of the store instead of at the start of the last
     /// segment (RocketMQ's rule).
     #[arg(long)]
@@ -129,7 +133,7 @@ struct DemoArgs {
     #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
     /// Most log bytes per transfer frame.
-    #[arg(long, value_name = "SIZE", default_value = "256KiB")]
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     batch_size: Size,
     /// Keep the temporary stores (their path is printed) instead of deleting them.
     #[arg(long)]
@@ -165,11 +169,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn config(batch: Size, start: StartPosition) -> Result<Config, Failure> {
-    let batch = u32::try_from(batch.0)
-        .map_err(|_| Failure(format!("batch size {} is too large", batch.0)))?;
+/// The most log bytes in the first frame of a connection (doubling per frame up to the batch
+/// size): a connecting slave stores its first bytes without waiting for a whole large batch.
+const FIRST_BATCH: u64 = 32 * 1024;
+
+fn config(batch: Size, first: Size, start: StartPosition) -> Result<Config, Failure> {
+    let size = |s: Size| {
+        u32::try_from(s.0).map_err(|_| Failure(format!("batch size {} is too large", s.0)))
+    };
     Config::builder()
-        .transfer_batch_size(batch)
+        .transfer_batch_size(size(batch)?)
+        .first_batch_size(Some(size(first)?))
         .start_position(start)
         .build()
         .context("invalid settings")
@@ -185,7 +195,7 @@ fn master(args: MasterArgs) -> Result<(), Failure> {
         true => StartPosition::OldestRetained,
         false => StartPosition::LastSegment,
     };
-    let config = config(args.batch_size, start)?;
+    let config = config(args.batch_size, args.first_batch_size, start)?;
     let log = open_store(&args.store, args.segment_size)?;
     eprintln!(
         "store {}: offsets {}..{} ({})",
@@ -355,7 +365,11 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     progress.finish();
 
     // The whole store, not just its last segment, so the two stores can be compared.
-    let config = config(args.batch_size, StartPosition::OldestRetained)?;
+    let config = config(
+        args.batch_size,
+        Size(FIRST_BATCH),
+        StartPosition::OldestRetained,
+    )?;
     let master = MasterHandle::new(log, config);
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let server = transport
