@@ -98,8 +98,10 @@ pub struct BenchArgs {
         default_value = "1,8,64"
     )]
     fanout: Vec<usize>,
-    /// Total bytes per fan-out case, divided among its slaves.
-    #[arg(long, value_name = "SIZE", default_value = "512MiB")]
+    /// Total bytes per fan-out case, divided among its slaves (at most --bytes). Large enough
+    /// that each of 64 slaves' one-time costs (connect, segment file, read buffer) are small
+    /// beside its share.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     fanout_bytes: Size,
     /// Idle connections per step of the memory test (N, then 2N).
     #[arg(long, value_name = "N", default_value_t = 256)]
