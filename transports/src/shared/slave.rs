@@ -25,6 +25,8 @@ pub struct SlaveStatus {
     pub failures: u64,
     /// When the current (or last) connection was established: the TCP connect had returned.
     pub connected_at: Option<Instant>,
+    /// When that connection first stored bytes in the local log (`None` until it has).
+    pub first_stored_at: Option<Instant>,
 }
 
 /// The slave's shared state, given to a driver and kept by the user: the local commit log, the
@@ -151,6 +153,7 @@ impl<L> SlaveHandle<L> {
             if connected && !status.connected {
                 status.connections += 1;
                 status.connected_at = Some(Instant::now());
+                status.first_stored_at = None;
             }
             status.connected = connected;
             if let Some(error) = error {
@@ -178,6 +181,9 @@ pub(crate) struct SlaveDriver<L> {
     filled: usize,
     /// Appends taken from the machine and not yet written; kept to reuse its allocation.
     batch: Vec<Bytes>,
+    /// Whether the current connection has not stored anything yet (for
+    /// [`SlaveStatus::first_stored_at`]).
+    first_store_pending: bool,
     /// The size of the next read: it grows while reads fill it (a stream is flowing) and
     /// shrinks while they do not (an idle connection), between [`READ_MIN`] and [`READ_CHUNK`].
     chunk: usize,
@@ -195,6 +201,7 @@ impl<L: LogSink> SlaveDriver<L> {
             buf: BytesMut::new(),
             filled: 0,
             batch: Vec::new(),
+            first_store_pending: false,
             chunk: READ_MIN,
         }
     }
@@ -210,6 +217,7 @@ impl<L: LogSink> SlaveDriver<L> {
         let batch = &mut self.batch;
         let mut dial = false;
         let mut failed = None;
+        let mut stored = false;
         self.handle.inner.log.update(|log| {
             // The appends (the frames of a read, each starting where the previous ended) go to
             // the log together: a file log writes them with one system call. A dial request
@@ -231,12 +239,19 @@ impl<L: LogSink> SlaveDriver<L> {
             }
             if !batch.is_empty() {
                 match log.append_all(from, batch) {
-                    Ok(max) => client.handle_appended(max),
+                    Ok(max) => {
+                        client.handle_appended(max);
+                        stored = true;
+                    }
                     Err(e) => failed = Some(e),
                 }
                 batch.clear();
             }
         });
+        if stored && self.first_store_pending {
+            self.first_store_pending = false;
+            lock(&self.handle.inner.state).status.first_stored_at = Some(Instant::now());
+        }
         if let Some(error) = failed {
             self.disconnected(Some(error.into()));
         }
@@ -249,6 +264,7 @@ impl<L: LogSink> SlaveDriver<L> {
         self.buf = BytesMut::new();
         self.filled = 0;
         self.chunk = READ_MIN;
+        self.first_store_pending = true;
         let max = self.handle.inner.log.max_offset();
         self.client.handle_connected(Instant::now(), max);
         self.handle.record(true, None);

@@ -498,15 +498,17 @@ fn replicate(
         .spawn_slave(slave.clone())
         .context("starting the slave")?;
     let end = prefix.max_offset();
-    slave.wait_until_blocking(started + PHASE_LIMIT, |s| s.log().max_offset() > 0);
-    let stored_first = Instant::now();
-    let start_to_first_byte = stored_first - started;
-    let first_byte = slave
-        .status()
-        .connected_at
-        .map_or(start_to_first_byte, |at| {
-            stored_first.saturating_duration_since(at)
-        });
+    // The slave's driver stamps both instants itself: this thread may wake late while master
+    // and slave keep both CPUs busy.
+    slave.wait_until_blocking(started + PHASE_LIMIT, |s| {
+        s.status().first_stored_at.is_some()
+    });
+    let status = slave.status();
+    let stored_first = status.first_stored_at.unwrap_or_else(Instant::now);
+    let start_to_first_byte = stored_first.saturating_duration_since(started);
+    let first_byte = status.connected_at.map_or(start_to_first_byte, |at| {
+        stored_first.saturating_duration_since(at)
+    });
     poll_until(&what, &[&server, &client], || {
         slave.log().max_offset() >= end
     })?;
