@@ -579,7 +579,7 @@ fn sync_waiters_match_a_linear_model() {
                         model.now_ms = model.now_ms.max(clock_ms);
                         model.expire(&mut expected);
                         let slot = &mut model.conns[idx].1;
-                        if slot.map_or(true, |a| a < offset) {
+                        if slot.is_none_or(|a| a < offset) {
                             *slot = Some(offset);
                         }
                         model.frontier = model.frontier.max(offset);

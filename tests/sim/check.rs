@@ -111,7 +111,7 @@ pub fn report_is_monotonic_and_stored(
     );
     ensure!(
         "report_is_monotonic_and_stored",
-        previous.map_or(true, |p| p <= report),
+        previous.is_none_or(|p| p <= report),
         "slave {slave} reported {report} after {previous:?} on the same connection"
     );
     Ok(())
@@ -132,7 +132,7 @@ pub fn ack_is_monotonic_and_stored(
     );
     ensure!(
         "ack_is_monotonic_and_stored",
-        previous.map_or(true, |p| p < ack),
+        previous.is_none_or(|p| p < ack),
         "ack {ack} from slave {slave} does not rise above the previous {previous:?}"
     );
     Ok(())
@@ -251,7 +251,7 @@ pub fn slave_buffer_bounded(
 pub fn deadline_in_future(who: &str, deadline: Option<Instant>, now: Instant) -> Check {
     ensure!(
         "deadline_in_future",
-        deadline.map_or(true, |d| d > now),
+        deadline.is_none_or(|d| d > now),
         "{who}: poll_timeout is {:?} in the past after draining",
         now - deadline.unwrap_or(now)
     );
@@ -335,7 +335,7 @@ impl ServiceModel {
     /// An ack was forwarded for `id`.
     pub fn ack(&mut self, id: ConnectionId, offset: u64) {
         if let Some(slot) = self.conns.get_mut(&id) {
-            if slot.map_or(true, |a| a < offset) {
+            if slot.is_none_or(|a| a < offset) {
                 *slot = Some(offset);
             }
             self.frontier = self.frontier.max(offset);

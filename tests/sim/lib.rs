@@ -759,7 +759,7 @@ impl Sim {
             .max()
             .unwrap_or(0);
         let mut target = highest + 1 + self.entropy.below(f);
-        if target % f == 0 {
+        if target.is_multiple_of(f) {
             target += 1;
         }
         let len = (target - self.master.log.max_offset()) as usize;

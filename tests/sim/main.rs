@@ -17,7 +17,7 @@ use sim::{Entropy, Fault, Faults, Options, Outcome, ALL_FAULTS};
 
 /// Seeds the default run covers: sized for about two to four minutes on two cores in the test
 /// profile (opt-level 2 with debug assertions).
-const DEFAULT_RUNS: u64 = 2_000;
+const DEFAULT_RUNS: u64 = 3_000;
 
 fn env_u64(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
@@ -49,6 +49,9 @@ fn regressions() -> Vec<u64> {
         .collect()
 }
 
+/// A seed and its outcome with the wall time it took, or its failure report.
+type SeedResult = (u64, Result<(Outcome, Duration), String>);
+
 /// Runs `seeds` on a few threads (each run is single-threaded and deterministic) and returns
 /// the outcomes in seed order, or the failures.
 fn run_all(seeds: &[u64], options: &Options) -> Result<Vec<(u64, Outcome, Duration)>, Vec<String>> {
@@ -58,31 +61,28 @@ fn run_all(seeds: &[u64], options: &Options) -> Result<Vec<(u64, Outcome, Durati
     let chunks: Vec<Vec<u64>> = (0..workers)
         .map(|w| seeds.iter().copied().skip(w).step_by(workers).collect())
         .collect();
-    let results: Vec<Vec<(u64, Result<(Outcome, Duration), String>)>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = chunks
-                .iter()
-                .map(|chunk| {
-                    scope.spawn(move || {
-                        chunk
-                            .iter()
-                            .map(|&seed| {
-                                let started = Instant::now();
-                                let result =
-                                    sim::run_seed(seed, options).map_err(|f| f.to_string());
-                                (seed, result.map(|o| (o, started.elapsed())))
-                            })
-                            .collect::<Vec<_>>()
-                    })
+    let results: Vec<Vec<SeedResult>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&seed| {
+                            let started = Instant::now();
+                            let result = sim::run_seed(seed, options).map_err(|f| f.to_string());
+                            (seed, result.map(|o| (o, started.elapsed())))
+                        })
+                        .collect::<Vec<_>>()
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("worker thread"))
-                .collect()
-        });
-    let mut all: Vec<(u64, Result<(Outcome, Duration), String>)> =
-        results.into_iter().flatten().collect();
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread"))
+            .collect()
+    });
+    let mut all: Vec<SeedResult> = results.into_iter().flatten().collect();
     all.sort_by_key(|(seed, _)| *seed);
     let failures: Vec<String> = all
         .iter()

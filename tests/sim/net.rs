@@ -226,9 +226,7 @@ impl Net {
 
     /// Whether `end` of link `id` is closed (or the link is gone).
     pub fn is_closed(&self, id: u64, end: End) -> bool {
-        self.links
-            .get(&id)
-            .map_or(true, |l| l.ends[end.idx()].closed)
+        self.links.get(&id).is_none_or(|l| l.ends[end.idx()].closed)
     }
 
     /// Every link, in id order.
