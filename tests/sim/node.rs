@@ -147,6 +147,12 @@ impl Ctx<'_> {
         self.faulty && self.p.faults.has(fault)
     }
 
+    /// Event loops wake up spuriously: now and then a driver calls `handle_timeout` before
+    /// any deadline, which must change nothing.
+    pub fn spurious_wakeup(&mut self) -> bool {
+        self.entropy.chance(20)
+    }
+
     /// Whether a close is lost on the way (the Zombie fault).
     pub fn lose_close(&mut self, per_mille: u64) -> bool {
         self.fault(super::scenario::Fault::Zombie) && self.entropy.chance(per_mille)
@@ -280,7 +286,7 @@ impl SlaveNode {
         }
         self.read(cx)?;
         let now = self.now(cx);
-        if self.client.poll_timeout().is_some_and(|t| t <= now) {
+        if self.client.poll_timeout().is_some_and(|t| t <= now) || cx.spurious_wakeup() {
             if let Err(e) = self.client.handle_timeout(now) {
                 self.client_error(cx, e)?;
             }
@@ -810,7 +816,7 @@ impl MasterNode {
             self.poll_conn(cx, link, stored_ever)?;
         }
         let now = Self::now(cx);
-        if self.service.poll_timeout().is_some_and(|t| t <= now) {
+        if self.service.poll_timeout().is_some_and(|t| t <= now) || cx.spurious_wakeup() {
             self.model.advance(now);
             self.service.handle_timeout(now);
             self.after_service_call(cx, None, false)?;
@@ -853,7 +859,7 @@ impl MasterNode {
         }
         let now = Self::now(cx);
         let conn = self.conns.get_mut(&link).expect("live connection");
-        if conn.machine.poll_timeout().is_some_and(|t| t <= now) {
+        if conn.machine.poll_timeout().is_some_and(|t| t <= now) || cx.entropy.chance(20) {
             if let Err(e) = conn.machine.handle_timeout(now) {
                 return self.conn_error(cx, link, e);
             }
