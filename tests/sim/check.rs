@@ -168,12 +168,13 @@ pub fn start_follows_first_transfer_rule(
     Ok(())
 }
 
-/// §8 #7-8: frames on one connection are contiguous, data frames hold 1..=batch bytes from one
-/// segment that the log really has, and a heartbeat announces the next offset.
+/// §8 #7-8: frames on one connection are contiguous, data frames hold 1..=`limit` bytes (the
+/// batch, or less while a `first_batch_size` ramps up) from one segment that the log really
+/// has, and a heartbeat announces the next offset.
 pub fn frame_is_contiguous_and_bounded(
     history: &History,
     log: &MemoryLog,
-    batch: u32,
+    limit: u32,
     expected: Option<u64>,
     offset: u64,
     body: &[u8],
@@ -191,8 +192,8 @@ pub fn frame_is_contiguous_and_bounded(
     let f = log.segment_size();
     ensure!(
         NAME,
-        body.len() as u64 <= u64::from(batch),
-        "frame of {} bytes > batch {batch}",
+        body.len() as u64 <= u64::from(limit),
+        "frame of {} bytes > limit {limit}",
         body.len()
     );
     ensure!(

@@ -714,6 +714,9 @@ pub struct MasterConn {
     out: Option<Transmit>,
     /// Where the next frame must start (from `Started`, then each frame's end).
     next: Option<u64>,
+    /// The most body bytes the next data frame may carry (`first_batch_size`, doubling per
+    /// data frame up to the batch).
+    frame_limit: u32,
     last_ack: Option<u64>,
 }
 
@@ -800,6 +803,12 @@ impl MasterNode {
                 machine: MasterConnection::new(self.config, now),
                 out: None,
                 next: None,
+                frame_limit: self
+                    .config
+                    .first_batch_size()
+                    .map_or(self.config.transfer_batch_size(), |first| {
+                        first.min(self.config.transfer_batch_size())
+                    }),
                 last_ack: None,
             },
         );
@@ -934,12 +943,18 @@ impl MasterNode {
                         check::frame_is_contiguous_and_bounded(
                             cx.history,
                             &self.log,
-                            self.config.transfer_batch_size(),
+                            conn.frame_limit,
                             conn.next,
                             header.offset,
                             t.body(),
                         )?;
                         conn.next = Some(header.end_offset());
+                        if header.body_len > 0 {
+                            conn.frame_limit = conn
+                                .frame_limit
+                                .saturating_mul(2)
+                                .min(self.config.transfer_batch_size());
+                        }
                         if header.body_len > 0 {
                             tr!(
                                 cx,

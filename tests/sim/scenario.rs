@@ -230,6 +230,10 @@ impl Params {
             4 * 1024 * 1024
         };
         b = b.max_frame_size(max_frame as u32);
+        if e.chance(300) {
+            // A smaller first frame per connection, doubling up to the batch.
+            b = b.first_batch_size(Some(e.log_range(1, batch) as u32));
+        }
         if e.chance(500) {
             b = b.start_position(StartPosition::OldestRetained);
         }
