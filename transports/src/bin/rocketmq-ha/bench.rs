@@ -76,7 +76,8 @@ pub struct BenchArgs {
         default_value = "1MiB,32KiB"
     )]
     batch_size: Vec<Size>,
-    /// Repeat each throughput measurement this many times (interleaved) and report medians.
+    /// Repeat each throughput and fan-out measurement this many times (interleaved) and report
+    /// medians.
     #[arg(long, value_name = "N", default_value_t = 1)]
     runs: usize,
     /// Messages per size in the sync-latency test.
@@ -280,12 +281,18 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
 
     let mut fanouts = Vec::new();
     if part(Part::Fanout) {
-        for &transport in transports.iter().filter(|t| **t != Transport::Blocking) {
-            for &slaves in &args.fanout {
-                let slaves = slaves.max(1);
+        // Repeated like the throughput rows (interleaved), keeping the median case.
+        let cases: Vec<(Transport, usize)> = transports
+            .iter()
+            .filter(|t| **t != Transport::Blocking)
+            .flat_map(|&t| args.fanout.iter().map(move |&n| (t, n.max(1))))
+            .collect();
+        let mut samples: Vec<Vec<Fanout>> = cases.iter().map(|_| Vec::new()).collect();
+        let reader = reader.as_ref().expect("generated for fan-out");
+        for _ in 0..args.runs.max(1) {
+            for (&(transport, slaves), runs) in cases.iter().zip(&mut samples) {
                 note(format_args!("fan-out, {transport}, {slaves} slave(s)"));
-                let reader = reader.as_ref().expect("generated for fan-out");
-                fanouts.push(fanout(
+                runs.push(fanout(
                     transport,
                     configs[0],
                     slaves,
@@ -294,6 +301,11 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
                     &dir.0,
                 )?);
             }
+        }
+        for mut runs in samples {
+            runs.sort_by(|a, b| a.aggregate.total_cmp(&b.aggregate));
+            let mid = runs.len() / 2;
+            fanouts.push(runs.swap_remove(mid));
         }
     }
     drop(source);
@@ -1013,8 +1025,9 @@ impl Results<'_> {
         let a = self.args;
         println!(
             "fan-out (one master; all slaves on one thread; {} per case divided among the \
-             slaves)",
-            Human(a.fanout_bytes.0.min(a.bytes.0))
+             slaves; median of {} run(s))",
+            Human(a.fanout_bytes.0.min(a.bytes.0)),
+            a.runs.max(1)
         );
         println!(
             "  {:<9} {:>7} {:>15} {:>22}",
