@@ -71,9 +71,17 @@ async fn ring<F: Future>(alarm: &mut Alarm<F>) {
     };
 }
 
+/// Reads once from `socket` into a buffer of its own. Reports are 8 bytes; the machine uses
+/// only the last one of a read (§3.2).
+async fn read_reports<R: Runtime>(socket: &R::Socket) -> ([u8; 1024], io::Result<usize>) {
+    let mut reports = [0u8; 1024];
+    let read = R::read(socket, &mut reports).await;
+    (reports, read)
+}
+
 /// What woke a master connection.
 enum Wake {
-    Read(io::Result<usize>),
+    Read(([u8; 1024], io::Result<usize>)),
     Wrote(io::Result<usize>),
     Grew,
     Deadline,
@@ -96,8 +104,9 @@ async fn master_loop<R: Runtime, L: LogSource>(
     let log = conn.master().log();
     let mut machine = conn.machine();
     let mut pending: Option<Transmit> = None;
-    // Reports are 8 bytes; the machine uses only the last one of a read (§3.2).
-    let mut reports = [0u8; 1024];
+    // The read of reports outlives loop iterations: a new one per iteration would try the
+    // socket (async-io reads eagerly) and re-arm its interest at every frame written.
+    let mut reading = std::pin::pin!(None);
     let mut alarm = None;
     loop {
         let mut grew = None;
@@ -111,28 +120,41 @@ async fn master_loop<R: Runtime, L: LogSource>(
             }
         }
         rearm(&mut alarm, machine.poll_timeout(), R::sleep_until);
+        if reading.is_none() {
+            reading.set(Some(read_reports::<R>(socket)));
+        }
         // Reads first: with writes first, a socket that always has room would starve acks.
-        let wake = async { Wake::Read(R::read(socket, &mut reports).await) }
-            .or(async {
-                let (slices, n) = match &pending {
-                    Some(transmit) => io_slices(transmit),
-                    None => std::future::pending().await,
-                };
-                Wake::Wrote(R::write_vectored(socket, &slices[..n]).await)
-            })
-            .or(async {
-                maybe(grew).await;
-                Wake::Grew
-            })
-            .or(async {
-                ring(&mut alarm).await;
-                Wake::Deadline
-            })
-            .await;
+        let wake = async {
+            match reading.as_mut().as_pin_mut() {
+                Some(read) => Wake::Read(read.await),
+                None => std::future::pending().await,
+            }
+        }
+        .or(async {
+            let (slices, n) = match &pending {
+                Some(transmit) => io_slices(transmit),
+                None => std::future::pending().await,
+            };
+            Wake::Wrote(R::write_vectored(socket, &slices[..n]).await)
+        })
+        .or(async {
+            maybe(grew).await;
+            Wake::Grew
+        })
+        .or(async {
+            ring(&mut alarm).await;
+            Wake::Deadline
+        })
+        .await;
         let now = Instant::now();
+        if matches!(wake, Wake::Read(_)) {
+            reading.set(None);
+        }
         match wake {
-            Wake::Read(Ok(0)) => return Ok(()),
-            Wake::Read(Ok(n)) => machine.handle_input(now, &reports[..n], &*log.read())?,
+            Wake::Read((_, Ok(0))) => return Ok(()),
+            Wake::Read((reports, Ok(n))) => {
+                machine.handle_input(now, &reports[..n], &*log.read())?
+            }
             Wake::Wrote(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Wake::Wrote(Ok(n)) => {
                 if let Some(transmit) = pending.as_mut() {
@@ -143,7 +165,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
                     }
                 }
             }
-            Wake::Read(Err(e)) | Wake::Wrote(Err(e)) => return Err(e.into()),
+            Wake::Read((_, Err(e))) | Wake::Wrote(Err(e)) => return Err(e.into()),
             Wake::Grew => {}
             Wake::Deadline => {
                 alarm = None;
