@@ -71,17 +71,21 @@ async fn ring<F: Future>(alarm: &mut Alarm<F>) {
     };
 }
 
-/// Reads once from `socket` into a buffer of its own. Reports are 8 bytes; the machine uses
-/// only the last one of a read (§3.2).
-async fn read_reports<R: Runtime>(socket: &R::Socket) -> ([u8; 1024], io::Result<usize>) {
-    let mut reports = [0u8; 1024];
-    let read = R::read(socket, &mut reports).await;
+/// Room for reports: they are 8 bytes, and the machine uses only the last one of a read (§3.2).
+type Reports = Box<[u8; 1024]>;
+
+/// Reads once from `socket` into `reports` and hands the buffer back with the result.
+async fn read_reports<R: Runtime>(
+    socket: &R::Socket,
+    mut reports: Reports,
+) -> (Reports, io::Result<usize>) {
+    let read = R::read(socket, &mut reports[..]).await;
     (reports, read)
 }
 
 /// What woke a master connection.
 enum Wake {
-    Read(([u8; 1024], io::Result<usize>)),
+    Read((Reports, io::Result<usize>)),
     Wrote(io::Result<usize>),
     Grew,
     Deadline,
@@ -107,6 +111,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
     // The read of reports outlives loop iterations: a new one per iteration would try the
     // socket (async-io reads eagerly) and re-arm its interest at every frame written.
     let mut reading = std::pin::pin!(None);
+    let mut spare: Option<Reports> = Some(Box::new([0; 1024]));
     let mut alarm = None;
     loop {
         let mut grew = None;
@@ -121,7 +126,8 @@ async fn master_loop<R: Runtime, L: LogSource>(
         }
         rearm(&mut alarm, machine.poll_timeout(), R::sleep_until);
         if reading.is_none() {
-            reading.set(Some(read_reports::<R>(socket)));
+            let reports = spare.take().unwrap_or_else(|| Box::new([0; 1024]));
+            reading.set(Some(read_reports::<R>(socket, reports)));
         }
         // Reads first: with writes first, a socket that always has room would starve acks.
         let wake = async {
@@ -153,7 +159,9 @@ async fn master_loop<R: Runtime, L: LogSource>(
         match wake {
             Wake::Read((_, Ok(0))) => return Ok(()),
             Wake::Read((reports, Ok(n))) => {
-                machine.handle_input(now, &reports[..n], &*log.read())?
+                let input = machine.handle_input(now, &reports[..n], &*log.read());
+                spare = Some(reports);
+                input?
             }
             Wake::Wrote(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Wake::Wrote(Ok(n)) => {
