@@ -142,10 +142,10 @@ impl MasterService {
     /// `max_gap_not_in_sync` behind it (5.x `inSyncReplicasNums` minus the master itself, §3.6).
     pub fn in_sync_count(&self, put_where: u64) -> usize {
         let gap = self.config.max_gap_not_in_sync();
-        // Acks above `put_where - gap` are in sync; the multiset makes this a range count.
-        let floor = put_where.saturating_sub(gap);
-        let strictly_above = if put_where >= gap { floor + 1 } else { 0 };
-        self.live_acks.range(strictly_above..).map(|(_, n)| n).sum()
+        // `put_where - ack < gap` means `ack > put_where - gap` (every ack when `put_where < gap`);
+        // the multiset makes this a range count.
+        let lowest_in_sync = put_where.checked_sub(gap).map_or(0, |floor| floor + 1);
+        self.live_acks.range(lowest_in_sync..).map(|(_, n)| n).sum()
     }
 
     /// `isSlaveOK(putWhere)`: some slave is connected and the frontier is less than

@@ -1,16 +1,13 @@
 use std::time::Duration;
 
 use rocketmq_ha::wire::encode_report;
-use rocketmq_ha::{Config, LogSource, MasterError, MemoryLog};
+use rocketmq_ha::{Config, LogSource, MasterError};
 
 use crate::harness::{pattern, Pair};
 
 #[test]
 fn a_bogus_ack_is_refused_and_never_reaches_the_frontier() {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 10_000));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
+    let mut pair = Pair::caught_up_on(Config::default(), 10_000);
     assert_eq!(pair.service.ack_frontier(), 10_000);
 
     // #3015: any peer could inject a huge ack and make every later sync write "succeed".
@@ -35,10 +32,7 @@ fn a_bogus_ack_is_refused_and_never_reaches_the_frontier() {
 
 #[test]
 fn an_ack_that_goes_backwards_is_refused() {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 10_000));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
+    let mut pair = Pair::caught_up_on(Config::default(), 10_000);
     pair.inject_to_master(&encode_report(5));
     pair.settle();
     assert!(matches!(

@@ -77,6 +77,16 @@ impl Pair {
         }
     }
 
+    /// A pair whose master holds `len` pattern bytes in 1 MiB segments, run until the empty
+    /// slave has all of them and acknowledged them: the starting point of most scenarios.
+    pub fn caught_up_on(config: Config, len: usize) -> Self {
+        let mut master = MemoryLog::new(1 << 20);
+        master.push(pattern(0, len));
+        let mut pair = Pair::new(config, master, MemoryLog::new(1 << 20));
+        pair.run_until(Duration::from_secs(1), Pair::caught_up);
+        pair
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.now - self.t0
     }

@@ -1,20 +1,12 @@
 use std::time::Duration;
 
-use rocketmq_ha::{ClientError, Config, MasterError, MemoryLog};
+use rocketmq_ha::{ClientError, Config, MasterError};
 
 use crate::harness::{pattern, Pair};
 
-fn idle_pair() -> Pair {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 1000));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
-    pair
-}
-
 #[test]
 fn the_master_closes_a_slave_it_has_not_heard_for_20s() {
-    let mut pair = idle_pair();
+    let mut pair = Pair::caught_up_on(Config::default(), 1000);
     let silent_since = pair.now;
     pair.drop_to_master = true;
     pair.run_until(Duration::from_secs(30), |p| !p.master_errors.is_empty());
@@ -31,7 +23,7 @@ fn the_master_closes_a_slave_it_has_not_heard_for_20s() {
 
 #[test]
 fn the_slave_closes_a_master_it_has_not_heard_for_20s() {
-    let mut pair = idle_pair();
+    let mut pair = Pair::caught_up_on(Config::default(), 1000);
     let silent_since = pair.now;
     pair.drop_to_slave = true;
     pair.run_until(Duration::from_secs(30), |p| !p.client_errors.is_empty());

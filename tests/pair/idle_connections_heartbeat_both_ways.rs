@@ -1,15 +1,12 @@
 use std::time::Duration;
 
-use rocketmq_ha::{Config, MemoryLog};
+use rocketmq_ha::Config;
 
-use crate::harness::{frames, pattern, reports, Pair};
+use crate::harness::{frames, reports, Pair};
 
 #[test]
 fn an_idle_pair_exchanges_heartbeats_every_5s_and_stays_up() {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 1000));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
+    let mut pair = Pair::caught_up_on(Config::default(), 1000);
     let (frames_before, reports_before) = (
         frames(&pair.master_wire).len(),
         reports(&pair.slave_wire).len(),

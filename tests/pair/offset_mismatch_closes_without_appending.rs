@@ -1,16 +1,13 @@
 use std::time::Duration;
 
 use rocketmq_ha::wire::TransferHeader;
-use rocketmq_ha::{ClientError, Config, LogSource, MemoryLog};
+use rocketmq_ha::{ClientError, Config, LogSource};
 
 use crate::harness::{pattern, Pair};
 
 #[test]
 fn a_frame_at_the_wrong_offset_closes_and_appends_nothing() {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 0x1000));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
+    let mut pair = Pair::caught_up_on(Config::default(), 0x1000);
 
     // V6: the slave ends at 0x1000 and a header for 0x2000 arrives (body not even sent).
     let header = TransferHeader {

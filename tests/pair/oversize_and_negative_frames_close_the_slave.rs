@@ -1,16 +1,6 @@
-use std::time::Duration;
+use rocketmq_ha::{ClientError, Config, LogSource, WireError};
 
-use rocketmq_ha::{ClientError, Config, LogSource, MemoryLog, WireError};
-
-use crate::harness::{pattern, Pair};
-
-fn connected_pair() -> Pair {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 100));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
-    pair
-}
+use crate::harness::Pair;
 
 fn header(offset: i64, size: i32) -> Vec<u8> {
     let mut v = offset.to_be_bytes().to_vec();
@@ -20,7 +10,7 @@ fn header(offset: i64, size: i32) -> Vec<u8> {
 
 #[test]
 fn a_2gib_size_field_is_refused_before_any_body_is_buffered() {
-    let mut pair = connected_pair();
+    let mut pair = Pair::caught_up_on(Config::default(), 100);
     pair.inject_to_slave(&header(100, i32::MAX));
     pair.settle();
     assert!(matches!(
@@ -44,10 +34,7 @@ fn a_frame_one_byte_over_the_limit_is_refused_and_at_the_limit_is_not() {
         .transfer_batch_size(988)
         .build()
         .unwrap();
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 5000));
-    let mut pair = Pair::new(config, master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
+    let mut pair = Pair::caught_up_on(config, 5000);
     assert!(
         pair.client_errors.is_empty(),
         "988-byte bodies fit a 1000-byte frame"
@@ -65,7 +52,7 @@ fn a_frame_one_byte_over_the_limit_is_refused_and_at_the_limit_is_not() {
 
 #[test]
 fn a_negative_size_is_refused() {
-    let mut pair = connected_pair();
+    let mut pair = Pair::caught_up_on(Config::default(), 100);
     pair.inject_to_slave(&header(100, -12));
     pair.settle();
     assert!(matches!(
@@ -77,7 +64,7 @@ fn a_negative_size_is_refused() {
 
 #[test]
 fn a_negative_offset_is_refused() {
-    let mut pair = connected_pair();
+    let mut pair = Pair::caught_up_on(Config::default(), 100);
     pair.inject_to_slave(&header(-1, 0));
     pair.settle();
     assert!(matches!(

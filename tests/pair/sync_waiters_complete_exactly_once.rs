@@ -1,15 +1,12 @@
 use std::time::Duration;
 
-use rocketmq_ha::{Config, LogSource, MemoryLog, SyncError};
+use rocketmq_ha::{Config, LogSource, SyncError};
 
 use crate::harness::{pattern, Pair};
 
 #[test]
 fn a_sync_write_completes_when_the_slave_acks_it() {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 100));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
+    let mut pair = Pair::caught_up_on(Config::default(), 100);
 
     let put_where = pair.master_log.push(pattern(100, 50));
     let deadline = pair.now + Duration::from_secs(3);
@@ -37,10 +34,7 @@ fn a_sync_write_completes_when_the_slave_acks_it() {
 
 #[test]
 fn a_sync_write_times_out_when_the_slave_cannot_ack() {
-    let mut master = MemoryLog::new(1 << 20);
-    master.push(pattern(0, 100));
-    let mut pair = Pair::new(Config::default(), master, MemoryLog::new(1 << 20));
-    pair.run_until(Duration::from_secs(1), Pair::caught_up);
+    let mut pair = Pair::caught_up_on(Config::default(), 100);
 
     pair.drop_to_slave = true;
     let put_where = pair.master_log.push(pattern(100, 50));
