@@ -35,6 +35,9 @@ pub struct Config {
     connect_timeout: Duration,
     reconnect_backoff_initial: Duration,
     reconnect_backoff_max: Duration,
+    write_stall_timeout: Duration,
+    local_failure_backoff_initial: Duration,
+    local_failure_backoff_max: Duration,
 }
 
 impl Default for Config {
@@ -53,6 +56,9 @@ impl Default for Config {
             connect_timeout: Duration::from_millis(5_000),
             reconnect_backoff_initial: Duration::from_millis(100),
             reconnect_backoff_max: Duration::from_millis(5_000),
+            write_stall_timeout: Duration::from_millis(20_000),
+            local_failure_backoff_initial: Duration::from_millis(1_000),
+            local_failure_backoff_max: Duration::from_millis(30_000),
         }
     }
 }
@@ -142,6 +148,32 @@ impl Config {
         self.reconnect_backoff_max
     }
 
+    /// How long a write may make no progress before the connection is closed (20 s, like
+    /// housekeeping): a slave's report (§4.2) or a master's frame (§3.4) that the peer does not
+    /// read. Java gives up on a report after three write attempts that write nothing; a time
+    /// limit does the same without depending on how often a driver retries.
+    pub fn write_stall_timeout(&self) -> Duration {
+        self.write_stall_timeout
+    }
+
+    /// First wait after the slave failed to store received data locally (1 s): a full disk, a
+    /// permission error, too many open files. It doubles per consecutive local failure up to
+    /// [`local_failure_backoff_max`](Self::local_failure_backoff_max) and resets only once an
+    /// append succeeds. A local error is not a network fault: reconnecting quickly would only
+    /// download the same frame again and fail again.
+    pub fn local_failure_backoff_initial(&self) -> Duration {
+        self.local_failure_backoff_initial
+    }
+
+    /// Ceiling of the wait after local failures (30 s: two attempts a minute).
+    pub fn local_failure_backoff_max(&self) -> Duration {
+        self.local_failure_backoff_max
+    }
+
+    /// The longest duration any setting may have. Deadlines are `now + setting`; a setting
+    /// near `Duration::MAX` would overflow `Instant` and panic the machines.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
     fn validate(self) -> Result<Self, ConfigError> {
         if self.transfer_batch_size == 0 || self.first_batch_size == Some(0) {
             return Err(ConfigError::ZeroBatchSize);
@@ -163,9 +195,23 @@ impl Config {
             ("slave_timeout", self.slave_timeout),
             ("connect_timeout", self.connect_timeout),
             ("reconnect_backoff_initial", self.reconnect_backoff_initial),
+            ("reconnect_backoff_max", self.reconnect_backoff_max),
+            ("write_stall_timeout", self.write_stall_timeout),
+            (
+                "local_failure_backoff_initial",
+                self.local_failure_backoff_initial,
+            ),
+            ("local_failure_backoff_max", self.local_failure_backoff_max),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+            if value > Self::MAX_DURATION {
+                return Err(ConfigError::DurationTooLong {
+                    name,
+                    value,
+                    max: Self::MAX_DURATION,
+                });
             }
         }
         if self.housekeeping_interval <= self.heartbeat_interval {
@@ -178,6 +224,12 @@ impl Config {
             return Err(ConfigError::BackoffRange {
                 initial: self.reconnect_backoff_initial,
                 max: self.reconnect_backoff_max,
+            });
+        }
+        if self.local_failure_backoff_max < self.local_failure_backoff_initial {
+            return Err(ConfigError::BackoffRange {
+                initial: self.local_failure_backoff_initial,
+                max: self.local_failure_backoff_max,
             });
         }
         if self.max_gap_not_in_sync == 0 {
@@ -231,6 +283,12 @@ impl ConfigBuilder {
         reconnect_backoff_initial: Duration;
         /// See [`Config::reconnect_backoff_max`].
         reconnect_backoff_max: Duration;
+        /// See [`Config::write_stall_timeout`].
+        write_stall_timeout: Duration;
+        /// See [`Config::local_failure_backoff_initial`].
+        local_failure_backoff_initial: Duration;
+        /// See [`Config::local_failure_backoff_max`].
+        local_failure_backoff_max: Duration;
     }
 
     /// Validates and returns the configuration.
@@ -300,5 +358,45 @@ mod tests {
             Config::builder().max_gap_not_in_sync(0).build(),
             Err(ConfigError::ZeroGap)
         );
+    }
+
+    #[test]
+    fn durations_that_would_overflow_instant_are_rejected() {
+        let now = std::time::Instant::now();
+        assert!(matches!(
+            Config::builder()
+                .housekeeping_interval(Duration::MAX)
+                .build(),
+            Err(ConfigError::DurationTooLong {
+                name: "housekeeping_interval",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Config::builder()
+                .reconnect_backoff_max(Duration::MAX)
+                .build(),
+            Err(ConfigError::DurationTooLong { .. })
+        ));
+        assert!(matches!(
+            Config::builder()
+                .write_stall_timeout(Duration::from_secs(u64::MAX))
+                .build(),
+            Err(ConfigError::DurationTooLong { .. })
+        ));
+        // The longest accepted value still gives a deadline.
+        let c = Config::builder()
+            .housekeeping_interval(Config::MAX_DURATION)
+            .reconnect_backoff_max(Config::MAX_DURATION)
+            .local_failure_backoff_max(Config::MAX_DURATION)
+            .build()
+            .unwrap();
+        let _ = now + c.housekeeping_interval() + c.reconnect_backoff_max();
+        assert!(matches!(
+            Config::builder()
+                .local_failure_backoff_initial(Duration::from_secs(60))
+                .build(),
+            Err(ConfigError::BackoffRange { .. })
+        ));
     }
 }

@@ -66,12 +66,23 @@ pub enum ConfigError {
         /// The configured heartbeat interval.
         heartbeat: Duration,
     },
-    /// The reconnect back-off ceiling is below its starting value.
-    #[error("reconnect_backoff_max {max:?} is below reconnect_backoff_initial {initial:?}")]
+    /// A back-off ceiling (reconnect, or after local failures) is below its starting value.
+    #[error("back-off ceiling {max:?} is below its initial delay {initial:?}")]
     BackoffRange {
         /// The configured initial delay.
         initial: Duration,
         /// The configured ceiling.
+        max: Duration,
+    },
+    /// A duration above [`Config::MAX_DURATION`](crate::Config::MAX_DURATION): deadlines
+    /// computed from it would overflow `Instant`.
+    #[error("{name} {value:?} is longer than the most allowed, {max:?}")]
+    DurationTooLong {
+        /// The setting's name.
+        name: &'static str,
+        /// The configured value.
+        value: Duration,
+        /// The longest allowed.
         max: Duration,
     },
     /// `max_gap_not_in_sync` was zero, so no slave could ever be in sync.
@@ -170,6 +181,12 @@ pub enum MasterError {
         /// How long the connection had been silent.
         idle: Duration,
     },
+    /// A frame write made no progress for `write_stall_timeout`: the slave stopped reading.
+    #[error("frame write made no progress for {stalled:?}: the slave is not reading")]
+    WriteStalled {
+        /// How long the write had made no progress.
+        stalled: Duration,
+    },
     /// Reading the log for the next frame failed.
     #[error("reading the commit log failed: {0}")]
     Log(#[from] LogError),
@@ -199,6 +216,19 @@ pub enum ClientError {
     HousekeepingTimeout {
         /// How long the connection had been silent.
         idle: Duration,
+    },
+    /// A report write made no progress for `write_stall_timeout`: the master stopped reading
+    /// (Java gives up after three attempts that write nothing, §4.2).
+    #[error("report write made no progress for {stalled:?}: the master is not reading")]
+    WriteStalled {
+        /// How long the write had made no progress.
+        stalled: Duration,
+    },
+    /// The TCP connect to the master did not complete within `connect_timeout` (§1.4).
+    #[error("connect to the master timed out after {after:?}")]
+    ConnectTimeout {
+        /// The connect timeout.
+        after: Duration,
     },
     /// The machine was used out of order (e.g. input while not connected); a driver bug.
     #[error("driver misuse: {0}")]
@@ -252,7 +282,9 @@ impl IoKind for SyncError {
 impl IoKind for MasterError {
     fn io_kind(&self) -> io::ErrorKind {
         match self {
-            MasterError::HousekeepingTimeout { .. } => io::ErrorKind::TimedOut,
+            MasterError::HousekeepingTimeout { .. } | MasterError::WriteStalled { .. } => {
+                io::ErrorKind::TimedOut
+            }
             MasterError::Log(_) | MasterError::Misuse(_) => io::ErrorKind::Other,
             _ => io::ErrorKind::InvalidData,
         }
@@ -262,7 +294,9 @@ impl IoKind for MasterError {
 impl IoKind for ClientError {
     fn io_kind(&self) -> io::ErrorKind {
         match self {
-            ClientError::HousekeepingTimeout { .. } => io::ErrorKind::TimedOut,
+            ClientError::HousekeepingTimeout { .. }
+            | ClientError::WriteStalled { .. }
+            | ClientError::ConnectTimeout { .. } => io::ErrorKind::TimedOut,
             ClientError::Misuse(_) => io::ErrorKind::Other,
             _ => io::ErrorKind::InvalidData,
         }

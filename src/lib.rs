@@ -82,13 +82,17 @@ mod config;
 mod error;
 mod log;
 mod master;
+mod master_loop;
 mod service;
+mod slave_loop;
 mod timer;
 pub mod wire;
 
-pub use client::{ClientEvent, HaClient};
+pub use client::{ClientEvent, HaClient, REJECTIONS_TO_REPORT};
 pub use config::{Config, ConfigBuilder, StartPosition};
 pub use error::{ClientError, ConfigError, LogError, MasterError, SyncError, WireError};
 pub use log::{segment_start, LogSink, LogSource, MemoryLog};
 pub use master::{MasterConnection, MasterEvent, Transmit};
+pub use master_loop::MasterLoop;
 pub use service::{ConnectionId, MasterService, SyncCompletion, Ticket};
+pub use slave_loop::{PendingReport, SlaveLoop};

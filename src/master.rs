@@ -161,6 +161,8 @@ pub struct MasterConnection {
     /// first, doubling per frame up to the batch size.
     frame_limit: u32,
     last_read: Instant,
+    /// When the frame in flight last made progress (for the stall error).
+    last_write_progress: Instant,
     closed: bool,
     events: VecDeque<MasterEvent>,
 }
@@ -186,6 +188,7 @@ impl MasterConnection {
                     first.min(config.transfer_batch_size())
                 }),
             last_read: now,
+            last_write_progress: now,
             closed: false,
             events: VecDeque::new(),
         }
@@ -296,11 +299,17 @@ impl MasterConnection {
     ) -> Result<u64, MasterError> {
         let (min, max) = (log.min_offset(), log.max_offset());
         if requested == 0 {
+            // An empty slave stores the first frame at the start of a segment file of its own
+            // (a Java slave creates the file named after the segment and writes from its
+            // beginning), so the first frame must start on a segment boundary: a start inside a
+            // partly retained oldest segment rounds up to the next boundary, and transfer waits
+            // until the log reaches it.
+            let first_whole = min.next_multiple_of(log.segment_size());
             return Ok(match self.config.start_position() {
-                // The start of the last segment, clamped into the retained range for a log
-                // whose oldest segment is only partly retained.
-                StartPosition::LastSegment => segment_start(max, log.segment_size()).max(min),
-                StartPosition::OldestRetained => min,
+                StartPosition::LastSegment => {
+                    segment_start(max, log.segment_size()).max(first_whole)
+                }
+                StartPosition::OldestRetained => first_whole,
             });
         }
         if requested < min {
@@ -317,11 +326,26 @@ impl MasterConnection {
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MasterError> {
         self.ensure_open()?;
         let now = self.clock.advance(now);
+        if self.in_flight && self.timers.is_expired(Timer::WriteStall, now) {
+            let stalled = now - self.last_write_progress;
+            return self.close_on_error(Err(MasterError::WriteStalled { stalled }));
+        }
         if self.timers.is_expired(Timer::Housekeeping, now) {
             let idle = now - self.last_read;
             return self.close_on_error(Err(MasterError::HousekeepingTimeout { idle }));
         }
         Ok(())
+    }
+
+    /// Part of the [`Transmit`] in flight was written (but not all of it): the slave is
+    /// reading, so the write-stall limit starts again.
+    pub fn handle_write_progress(&mut self, now: Instant) {
+        let now = self.clock.advance(now);
+        if self.in_flight && !self.closed {
+            self.last_write_progress = now;
+            self.timers
+                .set(Timer::WriteStall, now + self.config.write_stall_timeout());
+        }
     }
 
     /// The [`Transmit`] from [`poll_transmit`](Self::poll_transmit) has been fully written.
@@ -334,6 +358,7 @@ impl MasterConnection {
             )));
         }
         self.in_flight = false;
+        self.timers.stop(Timer::WriteStall);
         // §3.1: the heartbeat clock measures time since the last write.
         self.timers
             .set(Timer::Heartbeat, now + self.config.heartbeat_interval());
@@ -362,7 +387,14 @@ impl MasterConnection {
         let segment_size = log.segment_size();
         let segment_left = segment_start(next, segment_size) + segment_size - next;
         let max_len = segment_left.min(u64::from(self.frame_limit)) as usize;
-        let mut body = match log.read(next, max_len) {
+        // `next` is above the max only while an empty slave waits for the log to reach its
+        // segment-aligned start (§3.3).
+        let read = if next > log.max_offset() {
+            Ok(Bytes::new())
+        } else {
+            log.read(next, max_len)
+        };
+        let mut body = match read {
             Ok(body) => body,
             Err(e) => return self.close_on_error(Err(e.into())),
         };
@@ -378,18 +410,21 @@ impl MasterConnection {
                 .frame_limit
                 .saturating_mul(2)
                 .min(self.config.transfer_batch_size());
-            return Ok(Some(self.hand_out(Transmit::new(header, body))));
+            return Ok(Some(self.hand_out(now, Transmit::new(header, body))));
         }
         if self.timers.is_expired(Timer::Heartbeat, now) {
             let transmit = Transmit::new(TransferHeader::heartbeat(next), Bytes::new());
-            return Ok(Some(self.hand_out(transmit)));
+            return Ok(Some(self.hand_out(now, transmit)));
         }
         Ok(None)
     }
 
-    fn hand_out(&mut self, transmit: Transmit) -> Transmit {
+    fn hand_out(&mut self, now: Instant, transmit: Transmit) -> Transmit {
         self.in_flight = true;
+        self.last_write_progress = now;
         self.timers.stop(Timer::Heartbeat);
+        self.timers
+            .set(Timer::WriteStall, now + self.config.write_stall_timeout());
         transmit
     }
 
@@ -405,12 +440,14 @@ impl MasterConnection {
             return None;
         }
         let housekeeping = self.timers.get(Timer::Housekeeping);
-        let heartbeat = if self.next.is_some() && !self.in_flight {
-            self.timers.get(Timer::Heartbeat)
+        let (heartbeat, stall) = if self.in_flight {
+            (None, self.timers.get(Timer::WriteStall))
+        } else if self.next.is_some() {
+            (self.timers.get(Timer::Heartbeat), None)
         } else {
-            None
+            (None, None)
         };
-        housekeeping.into_iter().chain(heartbeat).min()
+        [housekeeping, heartbeat, stall].into_iter().flatten().min()
     }
 
     fn ensure_open(&self) -> Result<(), MasterError> {
@@ -491,6 +528,51 @@ mod tests {
         let t = c.poll_transmit(t0, &log).unwrap().unwrap();
         assert_eq!(t.header().offset, 2 * F);
         assert_eq!(t.header().body_len, 50);
+    }
+
+    #[test]
+    fn an_empty_slave_starts_on_a_segment_boundary() {
+        let t0 = Instant::now();
+        // The oldest segment is retained from 100 only: the first frame may not start there.
+        let mut log = MemoryLog::with_base(F, 100);
+        log.push(vec![7u8; 500]);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(0), &log).unwrap();
+        assert_eq!(c.next_offset(), Some(F), "rounded up to the next segment");
+        // Nothing to send until the log reaches it; heartbeats carry the aligned offset.
+        assert!(c.poll_transmit(t0, &log).unwrap().is_none());
+        let hb = c
+            .poll_transmit(t0 + Duration::from_secs(5), &log)
+            .unwrap()
+            .expect("heartbeat");
+        assert_eq!(hb.header().offset, F);
+        c.on_transmitted(t0 + Duration::from_secs(5)).unwrap();
+        log.push(vec![8u8; F as usize]);
+        let t = c
+            .poll_transmit(t0 + Duration::from_secs(5), &log)
+            .unwrap()
+            .unwrap();
+        assert_eq!((t.header().offset, t.body()[0]), (F, 8));
+    }
+
+    #[test]
+    fn a_frame_the_slave_does_not_read_closes_at_the_stall_limit() {
+        let t0 = Instant::now();
+        let log = log_with(500);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(0), &log).unwrap();
+        let _frame = c.poll_transmit(t0, &log).unwrap().unwrap();
+        let stall = Config::default().write_stall_timeout();
+        // Progress restarts the limit; reports keep housekeeping quiet.
+        let t1 = t0 + stall / 2;
+        c.handle_write_progress(t1);
+        c.handle_input(t1, &encode_report(0), &log).unwrap();
+        assert_eq!(c.poll_timeout(), Some(t1 + stall));
+        c.handle_timeout(t0 + stall).unwrap();
+        c.handle_input(t0 + stall, &encode_report(0), &log).unwrap();
+        let err = c.handle_timeout(t1 + stall).unwrap_err();
+        assert!(matches!(err, MasterError::WriteStalled { stalled } if stalled == stall));
+        assert!(c.is_closed());
     }
 
     #[test]

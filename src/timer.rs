@@ -12,9 +12,13 @@ pub(crate) enum Timer {
     Housekeeping = 1,
     /// Dial the master again after a back-off (slave only, §1.4).
     Reconnect = 2,
+    /// Give up on a dial that has not connected (slave only, §1.4).
+    Connect = 3,
+    /// Close a connection whose pending write made no progress (a report or a frame).
+    WriteStall = 4,
 }
 
-const TIMER_COUNT: usize = 3;
+const TIMER_COUNT: usize = 5;
 
 /// Deadlines indexed by [`Timer`]; `None` means stopped.
 #[derive(Debug, Clone, Default)]
