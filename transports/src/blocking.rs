@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use event_listener::Listener;
-use rocketmq_ha::{LogSink, LogSource, MasterConnection, Transmit};
+use rocketmq_ha::{LogSink, LogSource, MasterLoop};
+use rustix::io::Errno;
+use rustix::net::SendFlags;
 
 use crate::runtime::io_slices;
 use crate::shared::{read_timeout, ConnectionGuard, SlaveDriver};
@@ -87,16 +89,17 @@ fn serve_connection<L: LogSource + Send + Sync>(conn: ConnectionGuard<L>, stream
     stop.unregister(key);
 }
 
-/// Locks the connection's machine (a panicking peer thread leaves it consistent: every method
+/// Locks the connection's loop (a panicking peer thread leaves it consistent: every method
 /// call is atomic under the lock).
-fn lock(machine: &Mutex<MasterConnection>) -> std::sync::MutexGuard<'_, MasterConnection> {
+fn lock(machine: &Mutex<MasterLoop>) -> std::sync::MutexGuard<'_, MasterLoop> {
     machine.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Run-loop steps 1, 2 and 4 (reading side): reports in, deadlines, events to the service.
+/// The reading side: reports in, deadlines (including the writer's stall limit: closing the
+/// socket is what frees a writer blocked in `write`), events to the service.
 fn reader<L: LogSource>(
     conn: &ConnectionGuard<L>,
-    machine: &Mutex<MasterConnection>,
+    machine: &Mutex<MasterLoop>,
     mut stream: &TcpStream,
     done: &AtomicBool,
 ) -> Result<(), Error> {
@@ -110,11 +113,11 @@ fn reader<L: LogSource>(
         match read {
             Ok(0) => return Ok(()),
             Ok(n) => {
-                let started = m.next_offset().is_some();
-                m.handle_input(Instant::now(), &reports[..n], &*log.read())?;
+                let started = m.connection().next_offset().is_some();
+                m.handle_read(Instant::now(), &reports[..n], &*log.read())?;
                 conn.forward(&mut m);
                 // The first report is the only input that gives the writer work.
-                if !started && m.next_offset().is_some() {
+                if !started && m.connection().next_offset().is_some() {
                     log.notify();
                 }
             }
@@ -133,21 +136,21 @@ fn reader<L: LogSource>(
     Ok(())
 }
 
-/// Run-loop steps 3 and 4 (writing side): one frame at a time, then sleep on log growth until
-/// the machine's next deadline.
+/// The writing side: one frame at a time, each write reported to the loop, then sleep on log
+/// growth until the loop's next deadline.
 fn writer<L: LogSource>(
     conn: &ConnectionGuard<L>,
-    machine: &Mutex<MasterConnection>,
+    machine: &Mutex<MasterLoop>,
     mut stream: &TcpStream,
     done: &AtomicBool,
 ) -> Result<(), Error> {
     let log = conn.master().log();
+    // The frame is cloned out of the loop (a reference count, not the bytes) so the lock is
+    // not held while the socket blocks.
     let poll = || -> Result<_, Error> {
         let mut m = lock(machine);
-        Ok((
-            m.poll_transmit(Instant::now(), &*log.read())?,
-            m.poll_timeout(),
-        ))
+        let transmit = m.poll_write(Instant::now(), &*log.read())?.cloned();
+        Ok((transmit, m.poll_timeout()))
     };
     while !done.load(Ordering::SeqCst) && !conn.master().is_shut_down() {
         let mut transmit = poll()?.0;
@@ -165,39 +168,41 @@ fn writer<L: LogSource>(
             }
         }
         if let Some(mut transmit) = transmit {
-            write_transmit(&mut stream, &mut transmit)?;
-            lock(machine).on_transmitted(Instant::now())?;
+            while transmit.has_remaining() {
+                let (slices, n) = io_slices(&transmit);
+                match stream.write_vectored(&slices[..n]) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                    Ok(written) => {
+                        transmit.advance(written);
+                        lock(machine).handle_written(Instant::now(), written)?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
     }
     Ok(())
 }
 
-/// Writes a whole frame, header and body in one `writev` per attempt.
-fn write_transmit(stream: &mut &TcpStream, transmit: &mut Transmit) -> io::Result<()> {
-    while transmit.has_remaining() {
-        let (slices, n) = io_slices(transmit);
-        match stream.write_vectored(&slices[..n]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => transmit.advance(written),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
+/// How often a slave retries a report the socket would not take, between reads: only while
+/// the master is not reading, which the loop's stall limit ends.
+const REPORT_RETRY: Duration = Duration::from_millis(10);
 
 /// Runs a slave on the calling thread until `slave` is shut down.
 pub fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
     let mut driver = SlaveDriver::new(slave.clone());
     let stop = slave.stop();
     while !stop.is_set() {
-        if !driver.apply() {
+        if !driver.poll_dial() {
             stop.sleep_blocking(driver.deadline());
             driver.on_timeout();
             continue;
         }
-        let (addr, after) = (slave.master(), slave.config().connect_timeout());
-        match TcpStream::connect_timeout(&addr, after) {
+        // The loop's deadline is the dial's: the machine gives up on it then.
+        let addr = slave.master();
+        let deadline = driver.deadline();
+        match TcpStream::connect_timeout(&addr, read_timeout(deadline).unwrap_or(Duration::MAX)) {
             Ok(stream) => {
                 let Ok(key) = stop.register(&stream) else {
                     break;
@@ -206,33 +211,45 @@ pub fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
                 slave_connection(&mut driver, &stream);
                 stop.unregister(key);
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                driver.connect_failed(Error::ConnectTimeout { addr, after })
-            }
+            Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => driver.on_timeout(),
             Err(e) => driver.connect_failed(e.into()),
         }
     }
 }
 
+/// One connection on one thread: reports go out with non-blocking sends, so a master that
+/// stops reading never blocks the reads and timers that the stall limit and housekeeping
+/// need.
 fn slave_connection<L: LogSink>(driver: &mut SlaveDriver<L>, mut stream: &TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
-        return driver.disconnected(Some(e.into()));
+        return driver.closed(Some(e.into()));
     }
-    loop {
-        driver.apply();
-        while let Some(report) = driver.poll_report() {
-            if let Err(e) = stream.write_all(&report) {
-                return driver.disconnected(Some(e.into()));
+    while driver.is_connected() {
+        let mut write_blocked = false;
+        if let Some(report) = driver.poll_write() {
+            match rustix::net::send(stream, report.as_bytes(), SendFlags::DONTWAIT) {
+                Ok(0) => {
+                    return driver.closed(Some(io::Error::from(io::ErrorKind::WriteZero).into()))
+                }
+                Ok(n) => {
+                    driver.wrote(n);
+                    continue;
+                }
+                Err(Errno::AGAIN) => write_blocked = true,
+                Err(Errno::INTR) => continue,
+                Err(e) => return driver.closed(Some(io::Error::from(e).into())),
             }
         }
-        if !driver.is_connected() {
-            return;
+        let mut deadline = driver.deadline();
+        if write_blocked {
+            let retry = Instant::now() + REPORT_RETRY;
+            deadline = Some(deadline.map_or(retry, |d| d.min(retry)));
         }
-        if let Err(e) = stream.set_read_timeout(read_timeout(driver.deadline())) {
-            return driver.disconnected(Some(e.into()));
+        if let Err(e) = stream.set_read_timeout(read_timeout(deadline)) {
+            return driver.closed(Some(e.into()));
         }
         match stream.read(driver.read_buf()) {
-            Ok(0) => return driver.disconnected(None),
+            Ok(0) => driver.closed(None),
             Ok(n) => driver.on_read(n),
             Err(e)
                 if matches!(
@@ -243,7 +260,7 @@ fn slave_connection<L: LogSink>(driver: &mut SlaveDriver<L>, mut stream: &TcpStr
                 driver.on_timeout()
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return driver.disconnected(Some(e.into())),
+            Err(e) => driver.closed(Some(e.into())),
         }
     }
 }

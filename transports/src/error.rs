@@ -24,6 +24,22 @@ pub enum Error {
         /// The configured connect timeout.
         after: Duration,
     },
+    /// The master keeps closing this slave's connections right after its first report,
+    /// without sending a frame ([`ClientEvent::Rejected`](rocketmq_ha::ClientEvent::Rejected)).
+    #[error(
+        "master {addr} closed {closes} connections in a row right after this slave reported \
+         offset {offset}, sending nothing: the offset is likely below what the master still \
+         retains, above its max offset (this slave is ahead, or the master lost an unflushed \
+         tail), or the master refuses this peer; the master's log says which"
+    )]
+    Rejected {
+        /// The master's address.
+        addr: SocketAddr,
+        /// The offset this slave reported.
+        offset: u64,
+        /// Connections in a row that ended this way.
+        closes: u32,
+    },
     /// The slave broke the protocol or went silent; the master closed its connection.
     #[error("slave connection closed: {0}")]
     Master(#[from] MasterError),
@@ -43,6 +59,7 @@ impl From<Error> for io::Error {
         match e {
             Error::Io(e) => e,
             Error::ConnectTimeout { .. } => io::Error::new(io::ErrorKind::TimedOut, e),
+            Error::Rejected { .. } => io::Error::new(io::ErrorKind::ConnectionRefused, e),
             Error::Master(e) => e.into(),
             Error::Client(e) => e.into(),
             Error::Log(e) => e.into(),

@@ -106,8 +106,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
     socket: &R::Socket,
 ) -> Result<(), Error> {
     let log = conn.master().log();
-    let mut machine = conn.machine();
-    let mut pending: Option<Transmit> = None;
+    let mut lp = conn.machine();
     // The read of reports outlives loop iterations: a new one per iteration would try the
     // socket (async-io reads eagerly) and re-arm its interest at every frame written.
     let mut reading = std::pin::pin!(None);
@@ -115,16 +114,14 @@ async fn master_loop<R: Runtime, L: LogSource>(
     let mut alarm = None;
     loop {
         let mut grew = None;
+        let mut pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
         if pending.is_none() {
-            pending = machine.poll_transmit(Instant::now(), &*log.read())?;
-            if pending.is_none() {
-                // Listen, then look again: growth between the two wakes the listener.
-                let listener = log.listen();
-                pending = machine.poll_transmit(Instant::now(), &*log.read())?;
-                grew = pending.is_none().then_some(listener);
-            }
+            // Listen, then look again: growth between the two wakes the listener.
+            let listener = log.listen();
+            pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
+            grew = pending.is_none().then_some(listener);
         }
-        rearm(&mut alarm, machine.poll_timeout(), R::sleep_until);
+        rearm(&mut alarm, lp.poll_timeout(), R::sleep_until);
         if reading.is_none() {
             let reports = spare.take().unwrap_or_else(|| Box::new([0; 1024]));
             reading.set(Some(read_reports::<R>(socket, reports)));
@@ -159,42 +156,36 @@ async fn master_loop<R: Runtime, L: LogSource>(
         match wake {
             Wake::Read((_, Ok(0))) => return Ok(()),
             Wake::Read((reports, Ok(n))) => {
-                let input = machine.handle_input(now, &reports[..n], &*log.read());
+                let input = lp.handle_read(now, &reports[..n], &*log.read());
                 spare = Some(reports);
                 input?
             }
             Wake::Wrote(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-            Wake::Wrote(Ok(n)) => {
-                if let Some(transmit) = pending.as_mut() {
-                    transmit.advance(n);
-                    if !transmit.has_remaining() {
-                        pending = None;
-                        machine.on_transmitted(now)?;
-                    }
-                }
-            }
+            Wake::Wrote(Ok(n)) => lp.handle_written(now, n)?,
             Wake::Read((_, Err(e))) | Wake::Wrote(Err(e)) => return Err(e.into()),
             Wake::Grew => {}
             Wake::Deadline => {
                 alarm = None;
-                machine.handle_timeout(now)?
+                lp.handle_timeout(now)?
             }
         }
-        conn.forward(&mut machine);
+        conn.forward(&mut lp);
     }
 }
 
-/// Runs a slave until its handle is shut down: dial, replicate, reconnect as the machine says.
+/// Runs a slave until its handle is shut down: dial, replicate, reconnect as the loop says.
 pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
     let work = async {
         let mut slave = SlaveDriver::new(handle.clone());
+        let mut alarm = None;
         loop {
-            if slave.apply() {
+            if slave.poll_dial() {
                 let addr = handle.master();
-                let after = handle.config().connect_timeout();
+                // The loop's deadline is the dial's: the machine gives up on it then.
+                let deadline = slave.deadline();
                 let dialed = async { Some(R::connect(addr).await) }
                     .or(async {
-                        R::sleep_until(Instant::now() + after).await;
+                        maybe(deadline.map(R::sleep_until)).await;
                         None
                     })
                     .await;
@@ -204,10 +195,12 @@ pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
                         slave_connection::<R, L>(&mut slave, &socket).await;
                     }
                     Some(Err(e)) => slave.connect_failed(e.into()),
-                    None => slave.connect_failed(Error::ConnectTimeout { addr, after }),
+                    None => slave.on_timeout(),
                 }
             } else {
-                maybe(slave.deadline().map(R::sleep_until)).await;
+                rearm(&mut alarm, slave.deadline(), R::sleep_until);
+                ring(&mut alarm).await;
+                alarm = None;
                 slave.on_timeout();
             }
         }
@@ -215,45 +208,52 @@ pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
     work.or(handle.stop().wait()).await
 }
 
-async fn slave_connection<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>, socket: &R::Socket) {
-    let mut alarm = None;
-    loop {
-        slave.apply();
-        while let Some(report) = slave.poll_report() {
-            if let Err(e) = write_all::<R>(socket, &report).await {
-                return slave.disconnected(Some(e.into()));
-            }
-        }
-        if !slave.is_connected() {
-            return;
-        }
-        rearm(&mut alarm, slave.deadline(), R::sleep_until);
-        let read = async { Some(R::read(socket, slave.read_buf()).await) }
-            .or(async {
-                ring(&mut alarm).await;
-                None
-            })
-            .await;
-        match read {
-            Some(Ok(0)) => return slave.disconnected(None),
-            Some(Ok(n)) => slave.on_read(n),
-            Some(Err(e)) => return slave.disconnected(Some(e.into())),
-            None => {
-                alarm = None;
-                slave.on_timeout()
-            }
-        }
-    }
+/// What woke a slave connection.
+enum SlaveWake {
+    Read(io::Result<usize>),
+    Wrote(io::Result<usize>),
+    Deadline,
 }
 
-/// Writes all of `bytes` (an 8-byte report: it must go out whole, §4.2).
-async fn write_all<R: Runtime>(socket: &R::Socket, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = R::write_vectored(socket, &[IoSlice::new(bytes)]).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+/// One connection: reads, the report write and the deadline race each other, so a report the
+/// master does not read never stops reads or timers (the loop's stall limit ends it).
+async fn slave_connection<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>, socket: &R::Socket) {
+    let mut alarm = None;
+    while slave.is_connected() {
+        let report = slave.poll_write();
+        rearm(&mut alarm, slave.deadline(), R::sleep_until);
+        let wants_read = slave.wants_read();
+        // Reads first: the master's frames are what the slave is for.
+        let wake = async {
+            if !wants_read {
+                std::future::pending::<()>().await;
+            }
+            SlaveWake::Read(R::read(socket, slave.read_buf()).await)
         }
-        bytes = &bytes[n..];
+        .or(async {
+            let Some(report) = &report else {
+                return std::future::pending().await;
+            };
+            let slices = [IoSlice::new(report.as_bytes())];
+            SlaveWake::Wrote(R::write_vectored(socket, &slices).await)
+        })
+        .or(async {
+            ring(&mut alarm).await;
+            SlaveWake::Deadline
+        })
+        .await;
+        match wake {
+            SlaveWake::Read(Ok(0)) => slave.closed(None),
+            SlaveWake::Read(Ok(n)) => slave.on_read(n),
+            SlaveWake::Wrote(Ok(0)) => {
+                slave.closed(Some(io::Error::from(io::ErrorKind::WriteZero).into()))
+            }
+            SlaveWake::Wrote(Ok(n)) => slave.wrote(n),
+            SlaveWake::Read(Err(e)) | SlaveWake::Wrote(Err(e)) => slave.closed(Some(e.into())),
+            SlaveWake::Deadline => {
+                alarm = None;
+                slave.on_timeout();
+            }
+        }
     }
-    Ok(())
 }

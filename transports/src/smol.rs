@@ -119,10 +119,9 @@ pub async fn wait_replicated<L>(
     acks: usize,
     deadline: Instant,
 ) -> Result<(), SyncError> {
-    let sleep = async {
-        Timer::at(deadline).await;
-    };
     master
-        .wait_replicated_with(offset, acks, deadline, sleep)
+        .wait_replicated_with(offset, acks, deadline, |at| async move {
+            Timer::at(at).await;
+        })
         .await
 }

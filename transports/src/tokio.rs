@@ -101,8 +101,9 @@ pub async fn wait_replicated<L>(
     acks: usize,
     deadline: Instant,
 ) -> Result<(), SyncError> {
-    let sleep = tokio::time::sleep_until(deadline.into());
     master
-        .wait_replicated_with(offset, acks, deadline, sleep)
+        .wait_replicated_with(offset, acks, deadline, |at| {
+            tokio::time::sleep_until(at.into())
+        })
         .await
 }

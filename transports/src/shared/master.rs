@@ -11,11 +11,11 @@ use bytes::Bytes;
 use event_listener::Event;
 use futures_lite::FutureExt;
 use rocketmq_ha::{
-    Config, ConnectionId, LogError, LogSink, MasterConnection, MasterEvent, MasterService,
-    SyncError, Ticket,
+    Config, ConnectionId, LogError, LogSink, MasterEvent, MasterLoop, MasterService, SyncError,
+    Ticket,
 };
 
-use super::{block_until, lock, until, SharedLog, Stop, HISTORY};
+use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
 use crate::Error;
 
 /// One connected slave, as the master sees it.
@@ -180,7 +180,10 @@ impl<L> MasterHandle<L> {
     /// Blocks until `acks` slaves acknowledged `offset` (`Ok`), `deadline` passed
     /// ([`SyncError::Timeout`]) or the master shut down ([`SyncError::Shutdown`]).
     ///
-    /// The waiting thread drives the wait's own deadline, so no timer thread is needed.
+    /// Every answer comes from the [`MasterService`]: a waiting thread sleeps until the
+    /// service's next deadline ([`MasterService::poll_timeout`], which may be another wait's)
+    /// and lets the service expire what is due, so no timer thread is needed and no waiter
+    /// decides a timeout on its own.
     pub fn wait_replicated_blocking(
         &self,
         offset: u64,
@@ -188,29 +191,39 @@ impl<L> MasterHandle<L> {
         deadline: Instant,
     ) -> Result<(), SyncError> {
         let mut wait = self.start_wait(offset, acks, deadline);
-        let result = block_until(&self.inner.changed, Some(deadline), || wait.poll());
-        wait.finish(result)
+        loop {
+            let next = wait.service_deadline();
+            if let Some(result) = block_until(&self.inner.changed, next, || wait.poll()) {
+                return result;
+            }
+            wait.expire();
+        }
     }
 
-    /// The async form of [`wait_replicated_blocking`](Self::wait_replicated_blocking); `sleep`
-    /// must complete at `deadline` (the `smol` and `tokio` modules pass their timers).
-    /// Dropping the future abandons the wait cleanly.
-    pub async fn wait_replicated_with(
+    /// The async form of [`wait_replicated_blocking`](Self::wait_replicated_blocking);
+    /// `sleep_until` makes a timer that completes at the given instant (the `smol` and `tokio`
+    /// modules pass theirs). Dropping the future abandons the wait cleanly.
+    pub async fn wait_replicated_with<F: Future<Output = ()>>(
         &self,
         offset: u64,
         acks: usize,
         deadline: Instant,
-        sleep: impl Future<Output = ()>,
+        sleep_until: impl Fn(Instant) -> F,
     ) -> Result<(), SyncError> {
         let mut wait = self.start_wait(offset, acks, deadline);
-        let completed = async { Some(until(&self.inner.changed, || wait.poll()).await) };
-        let result = completed.or(async {
-            sleep.await;
-            None
-        });
-        let result = result.await;
-        let result = result.or_else(|| wait.poll());
-        wait.finish(result)
+        loop {
+            let next = wait.service_deadline();
+            let completed = async { Some(until(&self.inner.changed, || wait.poll()).await) }
+                .or(async {
+                    maybe(next.map(&sleep_until)).await;
+                    None
+                })
+                .await;
+            match completed {
+                Some(result) => return result,
+                None => wait.expire(),
+            }
+        }
     }
 
     fn start_wait(&self, offset: u64, acks: usize, deadline: Instant) -> Wait<'_, L> {
@@ -224,7 +237,6 @@ impl<L> MasterHandle<L> {
         Wait {
             master: self,
             ticket,
-            deadline,
             collected: false,
         }
     }
@@ -298,28 +310,32 @@ impl<L: LogSink> MasterHandle<L> {
 struct Wait<'a, L> {
     master: &'a MasterHandle<L>,
     ticket: Ticket,
-    deadline: Instant,
     collected: bool,
 }
 
 impl<L> Wait<'_, L> {
+    /// The ticket's result, once the service completed it.
     fn poll(&mut self) -> Option<Result<(), SyncError>> {
         let mut state = lock(&self.master.inner.state);
-        let now = Instant::now();
-        if now >= self.deadline {
-            // The waiter drives its own deadline: this expires it in the service.
-            state.service.handle_timeout(now);
-            state.settle();
-        }
         let result = state.done.remove(&self.ticket);
         self.collected |= result.is_some();
         result
     }
 
-    fn finish(self, result: Option<Result<(), SyncError>>) -> Result<(), SyncError> {
-        // The service completes every ticket by its deadline; `None` cannot happen after it,
-        // and reporting a timeout is the truthful answer if it ever did.
-        result.unwrap_or(Err(SyncError::Timeout))
+    /// When the service next has a wait to expire (this one's or an earlier one's).
+    fn service_deadline(&self) -> Option<Instant> {
+        lock(&self.master.inner.state).service.poll_timeout()
+    }
+
+    /// The service's deadline passed: it expires every wait that is due, and their waiters
+    /// wake.
+    fn expire(&self) {
+        {
+            let mut state = lock(&self.master.inner.state);
+            state.service.handle_timeout(Instant::now());
+            state.settle();
+        }
+        self.master.inner.changed.notify(usize::MAX);
     }
 }
 
@@ -348,13 +364,13 @@ impl<L> ConnectionGuard<L> {
         &self.master
     }
 
-    /// A fresh machine for this connection.
-    pub(crate) fn machine(&self) -> MasterConnection {
-        MasterConnection::new(self.master.inner.config, Instant::now())
+    /// A fresh connection loop for this connection.
+    pub(crate) fn machine(&self) -> MasterLoop {
+        MasterLoop::new(self.master.inner.config, Instant::now())
     }
 
-    /// Forwards the machine's events to the service and wakes waiters (run-loop step 2).
-    pub(crate) fn forward(&self, machine: &mut MasterConnection) {
+    /// Forwards the loop's events to the service and wakes waiters (run-loop step 2).
+    pub(crate) fn forward(&self, machine: &mut MasterLoop) {
         let Some(mut event) = machine.poll_event() else {
             return;
         };

@@ -27,10 +27,6 @@ use event_listener::{Event, Listener};
 /// dropped so a flapping peer cannot grow memory without bound.
 const HISTORY: usize = 64;
 
-/// The smallest read a slave driver asks the socket for: big enough to carry many frames per
-/// system call.
-const READ_CHUNK: usize = 256 * 1024;
-
 /// The send buffer of a master's connection (`SO_SNDBUF`; Linux doubles it for bookkeeping).
 ///
 /// Left to autotuning, every connection's buffer grows to `tcp_wmem`'s maximum (4 MiB here),

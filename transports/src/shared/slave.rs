@@ -8,14 +8,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use rocketmq_ha::{ClientEvent, Config, HaClient, LogSink};
+use rocketmq_ha::{
+    ClientError, ClientEvent, Config, LogSink, PendingReport, SlaveLoop, REJECTIONS_TO_REPORT,
+};
 
-use super::{block_until, lock, SharedLog, Stop, HISTORY, READ_CHUNK};
+use super::{block_until, lock, SharedLog, Stop, HISTORY};
 use crate::Error;
 
 /// What a slave driver has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive] // more counters will come (bytes, frames, epochs)
 pub struct SlaveStatus {
     /// Whether a connection to the master is up.
     pub connected: bool,
@@ -27,6 +29,13 @@ pub struct SlaveStatus {
     pub connected_at: Option<Instant>,
     /// When that connection first stored bytes in the local log (`None` until it has).
     pub first_stored_at: Option<Instant>,
+    /// Failures to store received data locally since the last successful store (a full
+    /// disk, ...). Each one waits longer before the next attempt, up to
+    /// [`Config::local_failure_backoff_max`](rocketmq_ha::Config::local_failure_backoff_max).
+    pub local_failures: u32,
+    /// Whether the master is rejecting this slave: it closed the last few connections right
+    /// after the slave's report without sending anything ([`Error::Rejected`] says why).
+    pub rejected: bool,
 }
 
 /// The slave's shared state, given to a driver and kept by the user: the local commit log, the
@@ -145,17 +154,171 @@ impl<L> SlaveHandle<L> {
     pub(crate) fn stop(&self) -> &Stop {
         &self.inner.stop
     }
+}
 
-    fn record(&self, connected: bool, error: Option<Error>) {
-        {
-            let mut state = lock(&self.inner.state);
+/// The slave side every driver shares: the core's [`SlaveLoop`] (which decides), the log
+/// (which it stores to), and the handle (where status and errors go). A driver only dials,
+/// reads, writes and sleeps, calling these at each step.
+pub(crate) struct SlaveDriver<L> {
+    handle: SlaveHandle<L>,
+    lp: SlaveLoop,
+    /// Whether the current connection has not stored anything yet (for
+    /// [`SlaveStatus::first_stored_at`]).
+    first_store_pending: bool,
+}
+
+impl<L: LogSink> SlaveDriver<L> {
+    pub(crate) fn new(handle: SlaveHandle<L>) -> Self {
+        let lp = SlaveLoop::new(handle.inner.config, handle.inner.seed, Instant::now());
+        SlaveDriver {
+            handle,
+            lp,
+            first_store_pending: false,
+        }
+    }
+
+    /// Stores every batch the loop has queued (the frames of a read, each starting where the
+    /// previous ended, in one vectored append), and passes the loop's events on.
+    pub(crate) fn store(&mut self) {
+        while let Some((from, batch)) = self.lp.poll_store() {
+            let result = self
+                .handle
+                .inner
+                .log
+                .update(|log| log.append_all(from, batch));
+            match result {
+                Ok(max) => {
+                    self.lp.handle_stored(max);
+                    if self.first_store_pending {
+                        self.first_store_pending = false;
+                        lock(&self.handle.inner.state).status.first_stored_at =
+                            Some(Instant::now());
+                    }
+                    self.sync_status(None);
+                }
+                Err(e) => {
+                    self.lp.handle_store_failed(Instant::now());
+                    self.sync_status(Some(e.into()));
+                }
+            }
+        }
+        while let Some(event) = self.lp.poll_event() {
+            if let ClientEvent::Rejected { offset, closes } = event {
+                let addr = self.handle.inner.master;
+                self.sync_status(Some(Error::Rejected {
+                    addr,
+                    offset,
+                    closes,
+                }));
+            }
+        }
+    }
+
+    /// Whether to dial now (see [`SlaveLoop::poll_dial`]).
+    pub(crate) fn poll_dial(&mut self) -> bool {
+        self.store();
+        self.lp.poll_dial()
+    }
+
+    /// The dial succeeded: start a connection from the local log's max offset.
+    pub(crate) fn connected(&mut self) {
+        self.first_store_pending = true;
+        let max = self.handle.inner.log.max_offset();
+        self.lp.handle_connected(Instant::now(), max);
+        self.sync_status(None);
+    }
+
+    /// The dial failed.
+    pub(crate) fn connect_failed(&mut self, error: Error) {
+        self.lp.handle_connect_failed(Instant::now());
+        self.sync_status(Some(error));
+    }
+
+    /// The connection ended: EOF (`None`) or an I/O error.
+    pub(crate) fn closed(&mut self, error: Option<Error>) {
+        self.lp.handle_closed(Instant::now());
+        self.sync_status(error);
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.lp.is_connected()
+    }
+
+    /// The loop's next deadline.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.lp.poll_timeout()
+    }
+
+    /// The report bytes to write now.
+    pub(crate) fn poll_write(&mut self) -> Option<PendingReport> {
+        self.lp.poll_write(Instant::now())
+    }
+
+    /// `n` bytes of the report were written.
+    pub(crate) fn wrote(&mut self, n: usize) {
+        let result = self.lp.handle_written(Instant::now(), n);
+        self.check(result);
+    }
+
+    /// Whether to read now.
+    pub(crate) fn wants_read(&self) -> bool {
+        self.lp.wants_read()
+    }
+
+    /// Space to read into; report what was read with [`on_read`](Self::on_read).
+    pub(crate) fn read_buf(&mut self) -> &mut [u8] {
+        self.lp.read_buf()
+    }
+
+    /// `n` (> 0) bytes were read into [`read_buf`](Self::read_buf); the frames they complete
+    /// are stored at once.
+    pub(crate) fn on_read(&mut self, n: usize) {
+        let result = self.lp.handle_read(Instant::now(), n);
+        self.check(result);
+        self.store();
+    }
+
+    /// The deadline passed (or the driver woke early).
+    pub(crate) fn on_timeout(&mut self) {
+        let result = self.lp.handle_timeout(Instant::now());
+        let addr = self.handle.inner.master;
+        match result {
+            Err(ClientError::ConnectTimeout { after }) => {
+                self.sync_status(Some(Error::ConnectTimeout { addr, after }))
+            }
+            other => self.check(other),
+        }
+    }
+
+    fn check(&mut self, result: Result<(), ClientError>) {
+        match result {
+            Ok(()) => self.sync_status(None),
+            Err(e) => self.sync_status(Some(e.into())),
+        }
+    }
+
+    /// Copies the loop's state into the handle's status and records `error`; wakes waiters
+    /// when anything changed.
+    fn sync_status(&self, error: Option<Error>) {
+        let connected = self.lp.is_connected();
+        let client = self.lp.client();
+        let (local_failures, rejected) = (
+            client.local_failures(),
+            client.rejections() >= REJECTIONS_TO_REPORT,
+        );
+        let changed = {
+            let mut state = lock(&self.handle.inner.state);
             let status = &mut state.status;
+            let before = *status;
             if connected && !status.connected {
                 status.connections += 1;
                 status.connected_at = Some(Instant::now());
                 status.first_stored_at = None;
             }
             status.connected = connected;
+            status.local_failures = local_failures;
+            status.rejected = rejected;
+            let recorded = error.is_some();
             if let Some(error) = error {
                 status.failures += 1;
                 if state.errors.len() == HISTORY {
@@ -163,189 +326,10 @@ impl<L> SlaveHandle<L> {
                 }
                 state.errors.push_back(error);
             }
-        }
-        self.inner.log.notify();
-    }
-}
-
-/// The slave side every driver shares: the [`HaClient`], its read buffer, and the append loop.
-/// A driver only dials, reads, writes reports and sleeps, calling these at each step.
-pub(crate) struct SlaveDriver<L> {
-    handle: SlaveHandle<L>,
-    client: HaClient,
-    /// The bytes of an incomplete frame (the first `filled`), then initialized room that reads
-    /// fill. Room left over after a read is lent again as it is, so bytes are zero-filled once
-    /// per pass through the buffer rather than once per read.
-    buf: BytesMut,
-    /// How many bytes at the front of `buf` are data from the master.
-    filled: usize,
-    /// Appends taken from the machine and not yet written; kept to reuse its allocation.
-    batch: Vec<Bytes>,
-    /// Whether the current connection has not stored anything yet (for
-    /// [`SlaveStatus::first_stored_at`]).
-    first_store_pending: bool,
-    /// The size of the next read: it grows while reads fill it (a stream is flowing) and
-    /// shrinks while they do not (an idle connection), between [`READ_MIN`] and [`READ_CHUNK`].
-    chunk: usize,
-}
-
-/// The smallest read a slave driver lends; also what an idle connection keeps allocated.
-const READ_MIN: usize = 8 * 1024;
-
-impl<L: LogSink> SlaveDriver<L> {
-    pub(crate) fn new(handle: SlaveHandle<L>) -> Self {
-        let client = HaClient::new(handle.inner.config, handle.inner.seed, Instant::now());
-        SlaveDriver {
-            handle,
-            client,
-            buf: BytesMut::new(),
-            filled: 0,
-            batch: Vec::new(),
-            first_store_pending: false,
-            chunk: READ_MIN,
-        }
-    }
-
-    /// Run-loop step 2: applies every pending append and returns whether the machine asked to
-    /// dial. A failed append closes the connection (the rest of the batch is dropped, as it
-    /// could not be contiguous).
-    pub(crate) fn apply(&mut self) -> bool {
-        let Some(first) = self.client.poll_event() else {
-            return false;
+            recorded || state.status != before
         };
-        let client = &mut self.client;
-        let batch = &mut self.batch;
-        let mut dial = false;
-        let mut failed = None;
-        let mut stored = false;
-        self.handle.inner.log.update(|log| {
-            // The appends (the frames of a read, each starting where the previous ended) go to
-            // the log together: a file log writes them with one system call. A dial request
-            // among them is answered after they are all applied, as the machine requires.
-            let mut from = 0;
-            let mut next = Some(first);
-            while let Some(event) = next {
-                match event {
-                    ClientEvent::Append { offset, data } => {
-                        if batch.is_empty() {
-                            from = offset;
-                        }
-                        batch.push(data);
-                    }
-                    ClientEvent::Connect => dial = true,
-                    _ => {}
-                }
-                next = client.poll_event();
-            }
-            if !batch.is_empty() {
-                match log.append_all(from, batch) {
-                    Ok(max) => {
-                        client.handle_appended(max);
-                        stored = true;
-                    }
-                    Err(e) => failed = Some(e),
-                }
-                batch.clear();
-            }
-        });
-        if stored && self.first_store_pending {
-            self.first_store_pending = false;
-            lock(&self.handle.inner.state).status.first_stored_at = Some(Instant::now());
-        }
-        if let Some(error) = failed {
-            self.disconnected(Some(error.into()));
-        }
-        dial
-    }
-
-    /// The dial succeeded: start a connection from the local log's max offset.
-    pub(crate) fn connected(&mut self) {
-        // Bytes of the previous connection are meaningless on the new one.
-        self.buf = BytesMut::new();
-        self.filled = 0;
-        self.chunk = READ_MIN;
-        self.first_store_pending = true;
-        let max = self.handle.inner.log.max_offset();
-        self.client.handle_connected(Instant::now(), max);
-        self.handle.record(true, None);
-    }
-
-    /// The dial failed.
-    pub(crate) fn connect_failed(&mut self, error: Error) {
-        self.client.handle_connect_failed(Instant::now());
-        self.handle.record(false, Some(error));
-    }
-
-    /// The connection ended: EOF (`None`) or an error.
-    pub(crate) fn disconnected(&mut self, error: Option<Error>) {
-        self.client.handle_disconnected(Instant::now());
-        self.handle.record(false, error);
-    }
-
-    pub(crate) fn is_connected(&self) -> bool {
-        self.client.is_connected()
-    }
-
-    /// Run-loop step 3: the next report to write whole.
-    pub(crate) fn poll_report(&mut self) -> Option<[u8; 8]> {
-        self.client.poll_transmit(Instant::now())
-    }
-
-    /// The machine's next deadline.
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.client.poll_timeout()
-    }
-
-    /// Space to read into; report what was read with [`on_read`](Self::on_read).
-    pub(crate) fn read_buf(&mut self) -> &mut [u8] {
-        if self.buf.len() - self.filled < self.chunk {
-            // Room for the rest of the frame at once (the machine bounds it by
-            // `max_frame_size`), so a large frame is not copied as the buffer grows. Twice the
-            // read size is initialized, so the next few reads reuse it without zero-filling.
-            let wanted = self.client.bytes_wanted(&self.buf[..self.filled]);
-            self.buf.truncate(self.filled);
-            self.buf.reserve(wanted.max(2 * self.chunk));
-            self.buf.resize(self.filled + 2 * self.chunk, 0);
-        }
-        &mut self.buf[self.filled..]
-    }
-
-    /// `n` bytes were read into [`read_buf`](Self::read_buf): run-loop step 1. An error is
-    /// recorded and leaves the machine disconnected; the driver then closes the socket.
-    pub(crate) fn on_read(&mut self, n: usize) {
-        let lent = self.buf.len() - self.filled;
-        let n = n.min(lent);
-        // A read that filled what it was lent suggests more is waiting: read more at once. A
-        // read far smaller than that suggests an idle connection: lend less.
-        if n == lent {
-            self.chunk = (2 * self.chunk).min(READ_CHUNK);
-        } else if n < self.chunk / 4 {
-            self.chunk = (self.chunk / 2).max(READ_MIN);
-        }
-        // Hand the machine only the data; the room after it stays in `self.buf`.
-        let mut data = self.buf.split_to(self.filled + n);
-        let result = self.client.handle_input(Instant::now(), &mut data);
-        self.filled = data.len();
-        // `data` ends where the room begins, so this joins them without copying.
-        data.unsplit(std::mem::take(&mut self.buf));
-        self.buf = data;
-        if self.filled == 0 && self.chunk == READ_MIN && self.buf.capacity() > 4 * READ_MIN {
-            // Idle with nothing pending: give a burst's large buffer back rather than hold it
-            // for the life of the connection.
-            self.buf = BytesMut::new();
-        }
-        if let Err(e) = result {
-            self.handle.record(false, Some(e.into()));
-        }
-    }
-
-    /// The deadline passed. A housekeeping error is recorded like [`on_read`](Self::on_read)'s.
-    pub(crate) fn on_timeout(&mut self) {
-        let was_connected = self.client.is_connected();
-        if let Err(e) = self.client.handle_timeout(Instant::now()) {
-            self.handle.record(false, Some(e.into()));
-        } else if was_connected && !self.client.is_connected() {
-            self.handle.record(false, None);
+        if changed {
+            self.handle.inner.log.notify();
         }
     }
 }
