@@ -99,7 +99,9 @@ fn client_frames(body: usize, read_size: usize) {
             let mut client = HaClient::new(Config::default(), 1, now);
             client.poll_event();
             client.handle_connected(now, 0);
-            client.poll_transmit(now);
+            if let Some(report) = client.poll_transmit(now) {
+                client.handle_written(now, report.len()).expect("in flight");
+            }
             let mut buf = BytesMut::with_capacity(read_size * 2);
             let mut stored = 0u64;
             for chunk in stream.chunks(read_size) {
@@ -112,7 +114,9 @@ fn client_frames(body: usize, read_size: usize) {
                     }
                 }
                 client.handle_appended(stored);
-                black_box(client.poll_transmit(now));
+                if let Some(report) = black_box(client.poll_transmit(now)) {
+                    client.handle_written(now, report.len()).expect("in flight");
+                }
             }
         },
     );

@@ -218,6 +218,12 @@ impl HaClient {
         self.outgoing.is_some()
     }
 
+    /// Connections in a row that the master closed right after this slave's report, before
+    /// any frame (see [`ClientEvent::Rejected`]).
+    pub fn rejections(&self) -> u32 {
+        self.rejections
+    }
+
     /// Local failures ([`handle_append_failed`](Self::handle_append_failed)) since the last
     /// append that was stored.
     pub fn local_failures(&self) -> u32 {

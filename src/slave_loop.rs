@@ -185,6 +185,8 @@ impl SlaveLoop {
     /// a new connection starts from the log's max offset.
     pub fn poll_dial(&mut self) -> bool {
         self.pump();
+        // A failed store may have sent the machine back to waiting: it asks again later.
+        self.dial_wanted &= self.client.is_dialing();
         if !self.dial_wanted || self.in_store || !self.queued.is_empty() {
             return false;
         }

@@ -338,6 +338,7 @@ fn client_run(stored: u64, reads: &[&[u8]]) -> (ClientRun, usize) {
     let mut reports = 0;
     let mut last_report = None;
     while let Some(report) = client.poll_transmit(t0) {
+        client.handle_written(t0, report.len()).unwrap();
         last_report = Some(u64::from_be_bytes(report));
         reports += 1;
     }
@@ -364,6 +365,7 @@ fn client_run(stored: u64, reads: &[&[u8]]) -> (ClientRun, usize) {
             }
         }
         while let Some(report) = client.poll_transmit(t0) {
+            client.handle_written(t0, report.len()).unwrap();
             let value = u64::from_be_bytes(report);
             assert!(value <= log.max_offset(), "reported more than stored");
             run.last_report = Some(value);

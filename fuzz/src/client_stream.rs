@@ -111,6 +111,8 @@ struct Harness {
     conn: Option<Connection>,
     /// A `Connect` was issued and not yet answered.
     dialing: bool,
+    /// When the current dial was issued (it is given up `connect_timeout` later).
+    dial_started: Instant,
     /// When the connection last failed, while waiting to reconnect.
     failed_at: Option<Instant>,
     shut_down: bool,
@@ -133,7 +135,11 @@ impl Harness {
             Some(ClientEvent::Connect),
             "dials first"
         );
-        assert_eq!(client.poll_timeout(), None, "dialing has no deadline");
+        assert_eq!(
+            client.poll_timeout(),
+            Some(now + config.connect_timeout()),
+            "a dial has a deadline"
+        );
         Harness {
             config,
             client,
@@ -147,6 +153,7 @@ impl Harness {
             read_size,
             conn: None,
             dialing: true,
+            dial_started: now,
             failed_at: None,
             shut_down: false,
         }
@@ -432,6 +439,10 @@ impl Harness {
         let last = conn.reports.last().copied();
         match got {
             Some(bytes) => {
+                // This driver's socket takes a report whole at once.
+                self.client
+                    .handle_written(self.now, bytes.len())
+                    .expect("a report in flight");
                 let value = i64::from_be_bytes(bytes);
                 assert!(value >= 0, "negative report {value}");
                 let value = value as u64;
@@ -478,6 +489,19 @@ impl Harness {
                     }
                     Ok(()) => assert!(!silent, "housekeeping did not fire"),
                     Err(e) => panic!("unexpected timeout error {e:?}"),
+                }
+            }
+            None if self.dialing => {
+                let given_up = self.now >= self.dial_started + self.config.connect_timeout();
+                match result {
+                    Err(ClientError::ConnectTimeout { after }) => {
+                        assert!(given_up, "dial given up early");
+                        assert_eq!(after, self.config.connect_timeout());
+                        self.dialing = false;
+                        self.failed_at = Some(self.now);
+                    }
+                    Ok(()) => assert!(!given_up, "dial not given up at its deadline"),
+                    Err(e) => panic!("unexpected timeout error while dialing {e:?}"),
                 }
             }
             None => {
@@ -560,9 +584,14 @@ impl Harness {
                         "reconnected before the back-off"
                     );
                     self.dialing = true;
+                    self.dial_started = self.now;
                     self.failed_at = None;
                 }
                 ClientEvent::Append { .. } => panic!("append outside handle_input"),
+                ClientEvent::Rejected { closes, .. } => {
+                    assert_eq!(closes, rocketmq_ha::REJECTIONS_TO_REPORT);
+                    assert!(self.conn.is_none(), "rejected while connected");
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -594,7 +623,12 @@ impl Harness {
                 assert!(at <= failed_at + self.config.reconnect_backoff_max());
                 assert_eq!(self.client.poll_transmit(self.now), None);
             }
-            _ => assert_eq!(timeout, None, "dialing has no deadline"),
+            _ if self.dialing => assert_eq!(
+                timeout,
+                Some(self.dial_started + self.config.connect_timeout()),
+                "a dial's deadline"
+            ),
+            _ => assert_eq!(timeout, None, "nothing scheduled before the first failure"),
         }
     }
 }

@@ -150,6 +150,8 @@ struct InFlight {
     transmit: Transmit,
     expected: Vec<u8>,
     written: Vec<u8>,
+    /// When it was handed out or last made progress: the stall limit counts from here.
+    progress_at: Instant,
 }
 
 struct Harness {
@@ -323,8 +325,10 @@ impl Harness {
         let Some(previous) = self.ack else {
             let start = if value == 0 {
                 match self.config.start_position() {
-                    StartPosition::OldestRetained => min,
-                    _ => segment_start(max, log.segment_size()).max(min),
+                    // An empty slave's first frame starts on a segment boundary (§3.3).
+                    StartPosition::OldestRetained => min.next_multiple_of(log.segment_size()),
+                    _ => segment_start(max, log.segment_size())
+                        .max(min.next_multiple_of(log.segment_size())),
                 }
             } else if value < min {
                 return (Err(Model::BelowRetained(value, min)), Vec::new());
@@ -384,11 +388,10 @@ impl Harness {
             self.close();
             return;
         }
-        assert!(next <= max, "next {next} above the log's end {max}");
         let transmit = match result {
             Ok(Some(t)) => t,
             Ok(None) => {
-                assert_eq!(next, max, "data available but nothing sent");
+                assert!(next >= max, "data available but nothing sent");
                 assert!(
                     self.now < self.last_write + self.config.heartbeat_interval(),
                     "heartbeat due but not sent"
@@ -400,7 +403,7 @@ impl Harness {
         let header = transmit.header();
         assert_eq!(header.offset, next, "frames are contiguous");
         let len = u64::from(header.body_len);
-        if next == max {
+        if next >= max {
             assert_eq!(len, 0, "data beyond the log's end");
             assert!(
                 self.now >= self.last_write + self.config.heartbeat_interval(),
@@ -431,14 +434,19 @@ impl Harness {
             transmit,
             expected,
             written: Vec::new(),
+            progress_at: self.now,
         });
     }
 
-    /// The socket takes up to `n` bytes of the frame in flight.
+    /// The socket takes up to `n` bytes of the frame in flight; the driver reports progress.
     fn write(&mut self, mut n: usize) {
         let Some(flight) = self.in_flight.as_mut() else {
             return;
         };
+        if n > 0 && flight.transmit.has_remaining() {
+            self.conn.handle_write_progress(self.now);
+            flight.progress_at = self.now;
+        }
         while n > 0 && flight.transmit.has_remaining() {
             let mut slices = [IoSlice::new(&[]); 4];
             let count = flight.transmit.chunks_vectored(&mut slices);
@@ -491,7 +499,16 @@ impl Harness {
             return;
         }
         let silent = self.now >= self.last_read + self.config.housekeeping_interval();
+        let stalled = self.in_flight.as_ref().and_then(|f| {
+            (self.now >= f.progress_at + self.config.write_stall_timeout())
+                .then_some(self.now - f.progress_at)
+        });
         match result {
+            Err(MasterError::WriteStalled { stalled: got }) => {
+                assert_eq!(Some(got), stalled, "write stall");
+                self.close();
+            }
+            _ if stalled.is_some() => panic!("a stalled write was not closed: {result:?}"),
             Ok(()) => assert!(!silent, "housekeeping did not fire"),
             Err(MasterError::HousekeepingTimeout { idle }) => {
                 assert!(silent, "housekeeping fired early");
@@ -527,7 +544,10 @@ impl Harness {
         let housekeeping = self.last_read + self.config.housekeeping_interval();
         let expected = match (self.next, &self.in_flight) {
             (Some(_), None) => housekeeping.min(self.last_write + self.config.heartbeat_interval()),
-            _ => housekeeping,
+            (_, Some(flight)) => {
+                housekeeping.min(flight.progress_at + self.config.write_stall_timeout())
+            }
+            (None, None) => housekeeping,
         };
         assert_eq!(c.poll_timeout(), Some(expected), "next deadline");
     }

@@ -225,6 +225,10 @@ impl Pair {
             }
         }
         while let Some(report) = self.client.poll_transmit(now) {
+            // The wire takes reports whole at once.
+            self.client
+                .handle_written(now, report.len())
+                .expect("a report in flight");
             progress = true;
             self.slave_wire.extend_from_slice(&report);
             if !self.drop_to_master && self.conn.is_some() {

@@ -148,9 +148,11 @@ pub fn start_follows_first_transfer_rule(
 ) -> Check {
     let (min, max) = (log.min_offset(), log.max_offset());
     let expected = if requested == 0 {
+        // An empty slave starts on a segment boundary (§3.3).
+        let first_whole = min.next_multiple_of(log.segment_size());
         match position {
-            StartPosition::OldestRetained => min,
-            _ => segment_start(max, log.segment_size()).max(min),
+            StartPosition::OldestRetained => first_whole,
+            _ => segment_start(max, log.segment_size()).max(first_whole),
         }
     } else {
         ensure!(

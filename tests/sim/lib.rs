@@ -505,7 +505,7 @@ impl Sim {
             let partitioned = self.net.is_partitioned(slave, now);
             let (mut cx, master, slaves) = self.ctx();
             let s = &mut slaves[slave];
-            if s.crashed || s.dialing.map(|d| d.0) != Some(dial.id) {
+            if s.crashed || s.dialing != Some(dial.id) {
                 // The driver gave up (or the process died): the late SYN finds nobody.
                 continue;
             }
@@ -677,6 +677,21 @@ impl Sim {
                 let (mut cx, _, slaves) = self.ctx();
                 slaves[i].abandon(&mut cx)?;
             }
+            Fault::DiskFull => {
+                let i = self.entropy.below(n as u64) as usize;
+                let d = self.entropy.log_duration(Duration::from_millis(1), long);
+                tr!(self, "fault: slave {i} disk full for {d:?}");
+                let s = &mut self.slaves[i];
+                s.disk_full_until = s.disk_full_until.max(now + d);
+            }
+            Fault::DeafMaster => {
+                if let Some(link) = link {
+                    let d = self.entropy.log_duration(Duration::from_millis(1), long);
+                    tr!(self, "fault: master stops reading link {link} for {d:?}");
+                    let until = self.master.deaf.entry(link).or_default();
+                    *until = (*until).max(now + d);
+                }
+            }
             other => return Err(fail("simulator", format!("{other:?} is not scheduled"))),
         }
         Ok(())
@@ -699,6 +714,7 @@ impl Sim {
         {
             let (mut cx, master, slaves) = self.ctx();
             master.paused_until = Duration::ZERO;
+            master.deaf.clear();
             if !master.up {
                 master.restart(&mut cx);
             }
@@ -804,6 +820,8 @@ impl Sim {
             + c.heartbeat_interval() * 2
             + c.slave_timeout() * 2
             + self.p.disk_latency
+            + c.local_failure_backoff_max()
+            + c.write_stall_timeout()
             + Duration::from_secs(1)
             + transfer * 4
     }
@@ -814,7 +832,7 @@ impl Sim {
             && self.master.model.pending() == 0
             && self.slaves.iter().all(|s| {
                 !s.crashed
-                    && s.client.is_connected()
+                    && s.lp.is_connected()
                     && s.pending_appends() == 0
                     && s.log.max_offset() == max
                     && self.master.has_caught_up(s.index)
@@ -880,7 +898,7 @@ impl Sim {
                 sl.index,
                 sl.log.min_offset(),
                 sl.log.max_offset(),
-                sl.client.is_connected(),
+                sl.lp.is_connected(),
                 sl.link,
                 sl.dialing,
                 sl.pending_appends()

@@ -238,10 +238,20 @@ impl Net {
         self.config.latency + entropy.duration(Duration::ZERO, self.config.jitter)
     }
 
-    /// Reads from link `id` at `end`.
-    pub fn read(&mut self, id: u64, end: End, now: Duration, entropy: &mut Entropy) -> Read {
+    /// Reads at most `room` bytes (the reader's buffer) from link `id` at `end`.
+    pub fn read(
+        &mut self,
+        id: u64,
+        end: End,
+        now: Duration,
+        entropy: &mut Entropy,
+        room: usize,
+    ) -> Read {
         let latency = self.latency(entropy);
-        let (max_read, short) = (self.config.max_read, self.config.short_reads);
+        let (max_read, short) = (
+            self.config.max_read.min(room.max(1)),
+            self.config.short_reads,
+        );
         let Some(link) = self.links.get_mut(&id) else {
             return Read::Reset;
         };

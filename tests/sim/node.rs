@@ -1,16 +1,17 @@
-//! The drivers: each node runs the real machines exactly as a transport would (the loops in the
-//! crate's docs): feed an input, drain events and transmits, and sleep until the next deadline
-//! or I/O. Only the socket is simulated.
+//! The drivers: each node runs the connection loops every transport ships ([`SlaveLoop`],
+//! [`MasterLoop`]) exactly as a transport does: read, write, store and time out as the loop
+//! asks, and sleep until the next deadline or I/O. Only the socket, the disk and the clock are
+//! simulated.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use rocketmq_ha::{
-    ClientError, ClientEvent, Config, ConnectionId, HaClient, LogError, LogSink, LogSource,
-    MasterConnection, MasterError, MasterEvent, MasterService, MemoryLog, Ticket, Transmit,
+    ClientError, ClientEvent, Config, ConnectionId, LogError, LogSink, LogSource, MasterError,
+    MasterEvent, MasterLoop, MasterService, MemoryLog, SlaveLoop, Ticket,
 };
 
 use super::check::{self, fail, Check, ServiceModel};
@@ -163,36 +164,36 @@ impl Ctx<'_> {
 // Slave
 // ---------------------------------------------------------------------------------------------
 
-/// A slave: an [`HaClient`], its log, and the driver state a transport would keep.
+/// A slave: the shipped [`SlaveLoop`] (what every transport runs), its log, and the socket and
+/// disk a transport would own, here simulated.
 #[derive(Debug)]
 pub struct SlaveNode {
     /// The slave's index.
     pub index: usize,
     /// Its durable log (survives crashes).
     pub log: MemoryLog,
-    /// The machine (replaced on restart).
-    pub client: HaClient,
+    /// The connection loop (replaced on restart).
+    pub lp: SlaveLoop,
     /// The current connection.
     pub link: Option<u64>,
-    inbuf: BytesMut,
-    /// The report being written (partially, on short writes).
-    out: Vec<u8>,
-    /// The newest report not yet started: reports are absolute offsets, so a newer one replaces
-    /// an older one still waiting for the socket.
-    queued: Option<[u8; 8]>,
-    /// The dial in progress and when the driver gives up on it.
-    pub dialing: Option<(u64, Duration)>,
-    /// Appends waiting for a slow disk: (done at, offset, data).
-    appends: VecDeque<(Duration, u64, Bytes)>,
-    append_bytes: usize,
+    /// The dial in progress; the loop's deadline gives up on it.
+    pub dialing: Option<u64>,
+    /// The batch with the disk: (done at, offset, pieces).
+    disk: Option<(Duration, u64, Vec<Bytes>)>,
+    /// The disk refuses writes until then (full).
+    pub disk_full_until: Duration,
     /// The oldest history version consistent with this log (see `check.rs`).
     pub version: usize,
     /// The highest max offset this slave ever stored.
     pub stored_ever: u64,
     last_report: Option<u64>,
+    /// When the report being written was handed out or last made progress (client clock).
+    report_progress_at: Option<Instant>,
     /// Whether the current connection delivered a whole, valid frame (the back-off resets).
     link_had_frame: bool,
-    /// The latest time handed to the current client.
+    /// Whether the last close came from a failed store (the slow back-off applies).
+    local_failure: bool,
+    /// The latest time handed to the current loop.
     client_clock: Cell<Instant>,
     /// Connections this slave lost or closed.
     pub disconnects: u64,
@@ -204,24 +205,23 @@ pub struct SlaveNode {
 }
 
 impl SlaveNode {
-    /// A slave with `log`, whose machine starts at virtual time `now`.
+    /// A slave with `log`, whose loop starts at virtual time `now`.
     pub fn new(index: usize, log: MemoryLog, config: Config, seed: u64, now: Instant) -> Self {
         let stored_ever = log.max_offset();
         SlaveNode {
             index,
             log,
-            client: HaClient::new(config, seed, now),
+            lp: SlaveLoop::new(config, seed, now),
             link: None,
-            inbuf: BytesMut::new(),
-            out: Vec::new(),
-            queued: None,
             dialing: None,
-            appends: VecDeque::new(),
-            append_bytes: 0,
+            disk: None,
+            disk_full_until: Duration::ZERO,
             version: 0,
             stored_ever,
             last_report: None,
+            report_progress_at: None,
             link_had_frame: false,
+            local_failure: false,
             client_clock: Cell::new(now),
             disconnects: 0,
             crashed: false,
@@ -234,17 +234,17 @@ impl SlaveNode {
         self.index + 1
     }
 
-    /// The node's time now; every time handed to the client comes from here, so
-    /// `client_clock` is the client's own (clamped) clock.
+    /// The node's time now; every time handed to the loop comes from here, so
+    /// `client_clock` is the loop's own (clamped) clock.
     fn now(&self, cx: &Ctx<'_>) -> Instant {
         let now = cx.clocks.instant(self.node(), cx.now);
         self.client_clock.set(self.client_clock.get().max(now));
         now
     }
 
-    /// Bytes of appends waiting for the disk.
+    /// Whether received bytes still wait for the disk.
     pub fn pending_appends(&self) -> usize {
-        self.appends.len()
+        usize::from(self.disk.is_some()) + self.lp.unstored_len()
     }
 
     /// The next virtual time this slave has something to do.
@@ -256,12 +256,11 @@ impl SlaveNode {
             return Some(self.paused_until);
         }
         let timer = self
-            .client
+            .lp
             .poll_timeout()
             .map(|t| clocks.to_virtual(self.node(), t));
-        let append = self.appends.front().map(|a| a.0);
-        let give_up = self.dialing.map(|d| d.1);
-        [timer, append, give_up]
+        let disk = self.disk.as_ref().map(|d| d.0);
+        [timer, disk]
             .into_iter()
             .flatten()
             .filter(|t| *t > now)
@@ -273,60 +272,55 @@ impl SlaveNode {
         if self.crashed || cx.now < self.paused_until {
             return Ok(());
         }
-        self.drain(cx)?;
-        if let Some((id, give_up)) = self.dialing {
-            if give_up <= cx.now {
-                tr!(
-                    cx,
-                    "slave {} gives up dial {id} (connect timeout)",
-                    self.index
-                );
-                self.connect_failed(cx)?;
-            }
-        }
+        self.drive(cx)?;
         self.read(cx)?;
         let now = self.now(cx);
-        if self.client.poll_timeout().is_some_and(|t| t <= now) || cx.spurious_wakeup() {
-            if let Err(e) = self.client.handle_timeout(now) {
-                self.client_error(cx, e)?;
-            }
-            self.drain(cx)?;
+        if self.lp.poll_timeout().is_some_and(|t| t <= now) || cx.spurious_wakeup() {
+            self.timeout(cx)?;
         }
-        self.flush(cx)?;
+        self.drive(cx)?;
+        let now = self.now(cx);
+        self.check_report_stall(self.client_clock.get())?;
         check::deadline_in_future(
-            &format!("slave {} client", self.index),
-            self.client.poll_timeout(),
-            self.now(cx),
+            &format!("slave {} loop", self.index),
+            self.lp.poll_timeout(),
+            now,
         )
     }
 
-    /// Drains events and reports after an input (steps 1-2 of the client's loop).
-    fn drain(&mut self, cx: &mut Ctx<'_>) -> Check {
-        for rounds in 0.. {
-            if rounds > OUTPUT_BOUND * 1000 {
+    /// A report the master does not read must not hold a connection up past the stall limit
+    /// (the loop reads, and runs its timers, while the report waits).
+    fn check_report_stall(&self, now: Instant) -> Check {
+        if let (Some(since), Some(_)) = (self.report_progress_at, self.link) {
+            let limit = self.config.write_stall_timeout();
+            if self.lp.is_connected() && now >= since + limit {
                 return Err(fail(
-                    "machine_output_is_finite",
-                    format!("slave {} keeps producing output", self.index),
+                    "stalled_report_closes",
+                    format!(
+                        "slave {}: a report made no progress for {:?} (limit {limit:?}) and the \
+                         connection is still up",
+                        self.index,
+                        now - since
+                    ),
                 ));
             }
-            let mut progressed = false;
-            while let Some(event) = self.client.poll_event() {
-                progressed = true;
+        }
+        Ok(())
+    }
+
+    /// Everything that follows from an input, until nothing changes: the disk, a dial, the
+    /// loop's events, a close the loop decided, and report writes.
+    fn drive(&mut self, cx: &mut Ctx<'_>) -> Check {
+        for _ in 0..OUTPUT_BOUND {
+            let mut progressed = self.disk_step(cx)?;
+            while let Some(event) = self.lp.poll_event() {
                 match event {
-                    ClientEvent::Connect => self.dial(cx),
-                    ClientEvent::Append { offset, data } => {
-                        // Every append goes through the disk queue, so they stay in order; a
-                        // slow disk makes them wait.
-                        let delay = if cx.fault(super::scenario::Fault::SlowAppend) {
-                            cx.entropy
-                                .log_duration(Duration::from_micros(1), cx.p.disk_latency)
-                        } else {
-                            Duration::ZERO
-                        };
-                        let last = self.appends.back().map_or(Duration::ZERO, |a| a.0);
-                        self.append_bytes += data.len();
-                        self.appends
-                            .push_back((last.max(cx.now + delay), offset, data));
+                    ClientEvent::Rejected { offset, closes } => {
+                        tr!(
+                            cx,
+                            "slave {}: master rejected offset {offset} {closes} times",
+                            self.index
+                        );
                     }
                     other => {
                         return Err(fail(
@@ -336,36 +330,82 @@ impl SlaveNode {
                     }
                 }
             }
-            progressed |= self.apply_appends(cx, false)?;
-            let now = self.now(cx);
-            let mut reports = 0;
-            while let Some(report) = self.client.poll_transmit(now) {
+            if self.link.is_some() && !self.lp.is_connected() {
+                // The loop closed the connection (a failed store).
+                self.close(cx, false)?;
                 progressed = true;
-                reports += 1;
-                if reports > OUTPUT_BOUND {
-                    return Err(fail(
-                        "machine_output_is_finite",
-                        format!(
-                            "slave {} keeps producing reports at one instant",
-                            self.index
-                        ),
-                    ));
-                }
-                let value = u64::from_be_bytes(report);
-                check::report_is_monotonic_and_stored(
-                    self.index,
-                    self.last_report,
-                    value,
-                    self.log.max_offset(),
-                )?;
-                self.last_report = Some(value);
-                self.queued = Some(report);
             }
+            if self.link.is_none() && self.dialing.is_none() && self.lp.poll_dial() {
+                self.dial(cx);
+                progressed = true;
+            }
+            progressed |= self.flush(cx)?;
             if !progressed {
-                break;
+                return Ok(());
             }
         }
-        self.flush(cx)
+        Err(fail(
+            "machine_output_is_finite",
+            format!("slave {} keeps producing output", self.index),
+        ))
+    }
+
+    /// Finishes the disk's write when it is due, or hands it the next batch; returns whether
+    /// anything happened.
+    fn disk_step(&mut self, cx: &mut Ctx<'_>) -> Result<bool, super::check::Fail> {
+        if let Some((at, ..)) = self.disk {
+            if at > cx.now {
+                return Ok(false);
+            }
+            self.complete_store(cx)?;
+            return Ok(true);
+        }
+        let Some((offset, batch)) = self.lp.poll_store() else {
+            return Ok(false);
+        };
+        let batch = batch.to_vec();
+        let delay = if cx.fault(super::scenario::Fault::SlowAppend) {
+            cx.entropy
+                .log_duration(Duration::from_micros(1), cx.p.disk_latency)
+        } else {
+            Duration::ZERO
+        };
+        self.disk = Some((cx.now + delay, offset, batch));
+        if delay.is_zero() {
+            self.complete_store(cx)?;
+        }
+        Ok(true)
+    }
+
+    fn complete_store(&mut self, cx: &mut Ctx<'_>) -> Check {
+        let Some((_, mut offset, batch)) = self.disk.take() else {
+            return Ok(());
+        };
+        if cx.now < self.disk_full_until {
+            tr!(
+                cx,
+                "slave {} disk full: store at {offset} fails",
+                self.index
+            );
+            let now = self.now(cx);
+            let connected = self.lp.is_connected();
+            self.lp.handle_store_failed(now);
+            self.local_failure = true;
+            let checked = if connected {
+                self.close(cx, false)
+            } else {
+                self.check_backoff(now)
+            };
+            // Later failures are the network's again.
+            self.local_failure = false;
+            return checked;
+        }
+        for data in batch {
+            self.apply(cx, offset, &data)?;
+            offset += data.len() as u64;
+        }
+        self.lp.handle_stored(self.log.max_offset());
+        Ok(())
     }
 
     fn dial(&mut self, cx: &mut Ctx<'_>) {
@@ -386,60 +426,54 @@ impl SlaveNode {
             at,
             accept,
         });
-        self.dialing = Some((id, cx.now + self.config.connect_timeout()));
+        self.dialing = Some(id);
         tr!(cx, "slave {} dials ({id})", self.index);
     }
 
-    /// The machine's first action (a dial) is drained at the start of the run.
+    /// The loop's first action (a dial) is taken at the start of the run.
     pub fn start(&mut self, cx: &mut Ctx<'_>) -> Check {
-        self.drain(cx)
+        self.drive(cx)
     }
 
-    /// The dial `id` connected as link `link` (step 1 of the loop: `handle_connected`).
+    /// The dial `id` connected as link `link`.
     pub fn connected(&mut self, cx: &mut Ctx<'_>, link: u64) -> Check {
-        // The client's contract: apply or drop pending appends before `handle_connected`, which
-        // takes the log's max offset.
-        if !self.appends.is_empty() {
-            if cx.entropy.chance(500) {
-                tr!(
-                    cx,
-                    "slave {} drops {} pending appends",
-                    self.index,
-                    self.appends.len()
-                );
-                self.appends.clear();
-                self.append_bytes = 0;
-            } else {
-                self.apply_appends(cx, true)?;
-            }
-        }
         self.dialing = None;
         self.link = Some(link);
-        self.inbuf.clear();
-        self.out.clear();
-        self.queued = None;
         self.last_report = None;
+        self.report_progress_at = None;
         self.link_had_frame = false;
+        self.local_failure = false;
         let stored = self.log.max_offset();
         tr!(
             cx,
             "slave {} connected link {link}, stored {stored}",
             self.index
         );
-        self.client.handle_connected(self.now(cx), stored);
-        self.drain(cx)
+        let now = self.now(cx);
+        self.lp.handle_connected(now, stored);
+        if !self.lp.is_connected() {
+            return Err(fail(
+                "dial_is_answered",
+                format!(
+                    "slave {}: the loop refused a connect it asked for",
+                    self.index
+                ),
+            ));
+        }
+        self.drive(cx)
     }
 
-    /// The dial failed (refused, or the driver's connect timeout passed).
+    /// The dial failed (refused).
     pub fn connect_failed(&mut self, cx: &mut Ctx<'_>) -> Check {
         self.dialing = None;
-        self.client.handle_connect_failed(self.now(cx));
+        let now = self.now(cx);
+        self.lp.handle_connect_failed(now);
         self.link_had_frame = false;
-        self.check_backoff()?;
-        self.drain(cx)
+        self.check_backoff(now)?;
+        self.drive(cx)
     }
 
-    fn apply(&mut self, cx: &mut Ctx<'_>, offset: u64, data: Bytes) -> Check {
+    fn apply(&mut self, cx: &mut Ctx<'_>, offset: u64, data: &Bytes) -> Check {
         check::append_is_contiguous(self.index, &self.log, offset)?;
         let max = self
             .log
@@ -450,71 +484,82 @@ impl SlaveNode {
             self.index,
             &mut self.version,
             offset,
-            &data,
+            data,
         )?;
         tr!(cx, "slave {} appended [{offset}, {max})", self.index);
         self.stored_ever = self.stored_ever.max(max);
-        self.client.handle_appended(max);
         Ok(())
     }
 
-    /// Applies the appends the disk has finished (all of them if `all`); returns whether any
-    /// was applied. The caller drains the machine afterwards.
-    fn apply_appends(&mut self, cx: &mut Ctx<'_>, all: bool) -> Result<bool, super::check::Fail> {
-        let mut applied = false;
-        while let Some(front) = self.appends.front() {
-            if !all && front.0 > cx.now {
-                break;
+    fn timeout(&mut self, cx: &mut Ctx<'_>) -> Check {
+        let now = self.now(cx);
+        match self.lp.handle_timeout(now) {
+            Ok(()) => Ok(()),
+            Err(ClientError::ConnectTimeout { .. }) => {
+                tr!(
+                    cx,
+                    "slave {} gives up dial {:?} (connect timeout)",
+                    self.index,
+                    self.dialing
+                );
+                if self.dialing.take().is_none() {
+                    return Err(fail(
+                        "dial_is_answered",
+                        format!("slave {}: connect timeout without a dial", self.index),
+                    ));
+                }
+                self.link_had_frame = false;
+                self.check_backoff(now)
             }
-            let (_, offset, data) = self.appends.pop_front().expect("front exists");
-            self.append_bytes -= data.len();
-            self.apply(cx, offset, data)?;
-            applied = true;
+            Err(e) => self.client_error(cx, e),
         }
-        Ok(applied)
     }
 
     fn read(&mut self, cx: &mut Ctx<'_>) -> Check {
         let max_frame = self.config.max_frame_size();
-        // A slow disk pushes back: stop reading while much is waiting to be appended.
-        let backlog_limit = (max_frame as usize).max(64 * 1024) * 2;
         while let Some(link) = self.link {
-            if self.append_bytes > backlog_limit {
+            // A slow disk pushes back: the loop stops reading while much waits for it.
+            if !self.lp.wants_read() {
                 break;
             }
-            match cx.net.read(link, End::Slave, cx.now, cx.entropy) {
+            let room = self.lp.read_buf().len();
+            match cx.net.read(link, End::Slave, cx.now, cx.entropy, room) {
                 Read::Data(bytes) => {
-                    self.inbuf.extend_from_slice(&bytes);
+                    let n = bytes.len();
+                    self.lp.read_buf()[..n].copy_from_slice(&bytes);
+                    let before = self.lp.buffered_len();
                     check::slave_buffer_bounded(
                         self.index,
-                        self.inbuf.len(),
+                        before + n,
                         max_frame,
-                        cx.p.max_read,
+                        cx.p.max_read.max(room),
                         false,
                     )?;
                     let now = self.now(cx);
-                    let before = self.inbuf.len();
-                    let result = self.client.handle_input(now, &mut self.inbuf);
-                    // Bytes split off the front are whole, valid frames.
-                    self.link_had_frame |= self.inbuf.len() < before;
+                    let result = self.lp.handle_read(now, n);
                     match result {
-                        Ok(()) => check::slave_buffer_bounded(
-                            self.index,
-                            self.inbuf.len(),
-                            max_frame,
-                            cx.p.max_read,
-                            true,
-                        )?,
+                        Ok(()) => {
+                            // Bytes that left the buffer were whole, valid frames.
+                            self.link_had_frame |= self.lp.buffered_len() < before + n;
+                            check::slave_buffer_bounded(
+                                self.index,
+                                self.lp.buffered_len(),
+                                max_frame,
+                                cx.p.max_read,
+                                true,
+                            )?
+                        }
                         Err(e) => self.client_error(cx, e)?,
                     }
-                    self.drain(cx)?;
+                    self.drive(cx)?;
                 }
                 Read::WouldBlock => break,
                 Read::Eof | Read::Reset => {
                     tr!(cx, "slave {} link {link} ended by peer", self.index);
-                    self.client.handle_disconnected(self.now(cx));
+                    let now = self.now(cx);
+                    self.lp.handle_closed(now);
                     self.close(cx, false)?;
-                    self.drain(cx)?;
+                    self.drive(cx)?;
                 }
             }
         }
@@ -524,7 +569,7 @@ impl SlaveNode {
     fn client_error(&mut self, cx: &mut Ctx<'_>, e: ClientError) -> Check {
         tr!(cx, "slave {} closes: {e}", self.index);
         match e {
-            ClientError::HousekeepingTimeout { .. } => {}
+            ClientError::HousekeepingTimeout { .. } | ClientError::WriteStalled { .. } => {}
             other => {
                 return Err(fail(
                     "client_error_is_expected",
@@ -545,7 +590,8 @@ impl SlaveNode {
                 ),
             ));
         }
-        self.check_backoff()?;
+        let now = self.now(cx);
+        self.check_backoff(now)?;
         if let Some(link) = self.link.take() {
             let lost = may_lose && cx.lose_close(200);
             cx.net.close(link, End::Slave, cx.now, lost, cx.entropy);
@@ -553,18 +599,20 @@ impl SlaveNode {
                 tr!(cx, "slave {} close of link {link} is lost", self.index);
             }
         }
-        self.inbuf.clear();
-        self.out.clear();
-        self.queued = None;
+        self.report_progress_at = None;
         self.disconnects += 1;
         Ok(())
     }
 
-    /// §1.4: after a connection ends (or a dial fails) the machine waits before dialing again,
-    /// at most the back-off ceiling, and at most the initial delay if the connection delivered
-    /// a valid frame (progress resets the back-off).
-    fn check_backoff(&self) -> Check {
-        let Some(deadline) = self.client.poll_timeout() else {
+    /// §1.4: after a connection ends (or a dial fails) the loop waits before dialing again:
+    /// at most the back-off ceiling, at most the initial delay if the connection delivered a
+    /// valid frame (progress resets the back-off), and after a failed store at least half the
+    /// local-failure delay and at most its ceiling (a local error is no network fault).
+    ///
+    /// `now` is the time handed to the loop with the event; the loop's clock may be ahead of it
+    /// (after a backward jump), but never beyond `client_clock`.
+    fn check_backoff(&self, now: Instant) -> Check {
+        let Some(deadline) = self.lp.poll_timeout() else {
             return Err(fail(
                 "reconnect_is_backed_off",
                 format!(
@@ -573,84 +621,110 @@ impl SlaveNode {
                 ),
             ));
         };
-        let delay = deadline.saturating_duration_since(self.client_clock.get());
-        let bound = if self.link_had_frame {
-            self.config.reconnect_backoff_initial()
+        let (shortest, longest) = (
+            deadline.saturating_duration_since(self.client_clock.get()),
+            deadline.saturating_duration_since(now),
+        );
+        let c = &self.config;
+        let (floor, bound) = if self.local_failure {
+            // A network back-off already running may be the longer wait.
+            (
+                c.local_failure_backoff_initial() / 2,
+                c.local_failure_backoff_max().max(c.reconnect_backoff_max()),
+            )
+        } else if self.link_had_frame {
+            (Duration::ZERO, c.reconnect_backoff_initial())
         } else {
-            self.config.reconnect_backoff_max()
+            (Duration::ZERO, c.reconnect_backoff_max())
         };
-        if delay.is_zero() || delay > bound {
+        if longest.is_zero() || longest < floor || shortest > bound {
             return Err(fail(
                 "reconnect_is_backed_off",
                 format!(
-                    "slave {} redials after {delay:?}, bound {bound:?} (connection delivered a frame: {})",
-                    self.index, self.link_had_frame
+                    "slave {} redials after {shortest:?}..{longest:?}, allowed [{floor:?}, {bound:?}] (frame: {}, local failure: {})",
+                    self.index, self.link_had_frame, self.local_failure
                 ),
             ));
         }
         Ok(())
     }
 
-    fn flush(&mut self, cx: &mut Ctx<'_>) -> Check {
+    /// Writes the loop's report as far as the socket takes it; returns whether any byte went.
+    fn flush(&mut self, cx: &mut Ctx<'_>) -> Result<bool, super::check::Fail> {
+        let mut progressed = false;
         while let Some(link) = self.link {
-            if self.out.is_empty() {
-                match self.queued.take() {
-                    Some(report) => self.out.extend_from_slice(&report),
-                    None => break,
-                }
+            let now = self.now(cx);
+            let Some(report) = self.lp.poll_write(now) else {
+                self.report_progress_at = None;
+                break;
+            };
+            let bytes = report.as_bytes();
+            if bytes.len() == 8 {
+                // A report not yet started (new, or replacing an unsent one).
+                let value = u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
+                check::report_is_monotonic_and_stored(
+                    self.index,
+                    self.last_report,
+                    value,
+                    self.log.max_offset(),
+                )?;
+                self.last_report = Some(value);
+                self.report_progress_at
+                    .get_or_insert(self.client_clock.get());
             }
-            match cx
-                .net
-                .write(link, End::Slave, cx.now, &self.out, cx.entropy)
-            {
+            match cx.net.write(link, End::Slave, cx.now, bytes, cx.entropy) {
                 Write::Written(n) => {
-                    self.out.drain(..n);
+                    progressed = true;
+                    self.report_progress_at = Some(self.client_clock.get());
+                    if let Err(e) = self.lp.handle_written(now, n) {
+                        return Err(fail("loop_is_used_correctly", format!("{e}")));
+                    }
                 }
                 Write::WouldBlock => break,
                 Write::Broken => {
                     tr!(cx, "slave {} write on link {link} failed", self.index);
-                    self.client.handle_disconnected(self.now(cx));
+                    self.lp.handle_closed(now);
                     self.close(cx, false)?;
+                    progressed = true;
                 }
             }
         }
-        Ok(())
+        Ok(progressed)
     }
 
-    /// The slave's process dies: machine state, pending appends and buffers are lost, the log
-    /// stays. If `lost`, its host vanished and the master never hears the close.
+    /// The slave's process dies: loop state, the disk's pending write and buffers are lost,
+    /// the log stays. If `lost`, its host vanished and the master never hears the close.
     pub fn crash(&mut self, cx: &mut Ctx<'_>, lost: bool) {
         tr!(cx, "slave {} crashes (close lost: {lost})", self.index);
         if let Some(link) = self.link.take() {
             cx.net.close(link, End::Slave, cx.now, lost, cx.entropy);
         }
         self.crashed = true;
-        self.appends.clear();
-        self.append_bytes = 0;
-        self.inbuf.clear();
-        self.out.clear();
-        self.queued = None;
+        self.disk = None;
         self.dialing = None;
+        self.report_progress_at = None;
         self.disconnects += 1;
     }
 
-    /// The disk finishes every pending append now.
+    /// The disk finishes its pending write now (and is no longer full).
     pub fn flush_appends(&mut self, cx: &mut Ctx<'_>) -> Check {
-        if self.apply_appends(cx, true)? {
-            self.drain(cx)?;
+        self.disk_full_until = Duration::ZERO;
+        if let Some(disk) = self.disk.as_mut() {
+            disk.0 = cx.now;
         }
-        Ok(())
+        self.drive(cx)
     }
 
-    /// The slave restarts from its stored log with a fresh machine.
+    /// The slave restarts from its stored log with a fresh loop.
     pub fn restart(&mut self, cx: &mut Ctx<'_>) -> Check {
         let seed = cx.entropy.seed();
         let now = cx.clocks.instant(self.node(), cx.now);
         self.client_clock.set(now);
-        self.client = HaClient::new(self.config, seed, now);
+        self.lp = SlaveLoop::new(self.config, seed, now);
         self.crashed = false;
         self.paused_until = Duration::ZERO;
         self.last_report = None;
+        self.local_failure = false;
         tr!(
             cx,
             "slave {} restarts with log [{}, {})",
@@ -658,7 +732,7 @@ impl SlaveNode {
             self.log.min_offset(),
             self.log.max_offset()
         );
-        self.drain(cx)
+        self.drive(cx)
     }
 
     /// The operator replaces a slave stranded below the master's retained range with an empty
@@ -685,13 +759,12 @@ impl SlaveNode {
         if let Some(link) = self.link.take() {
             tr!(cx, "slave {} abandons link {link} silently", self.index);
             cx.net.close(link, End::Slave, cx.now, true, cx.entropy);
-            self.inbuf.clear();
-            self.out.clear();
-            self.queued = None;
+            self.report_progress_at = None;
             self.disconnects += 1;
-            self.client.handle_disconnected(self.now(cx));
-            self.check_backoff()?;
-            self.drain(cx)?;
+            let now = self.now(cx);
+            self.lp.handle_closed(now);
+            self.check_backoff(now)?;
+            self.drive(cx)?;
         }
         Ok(())
     }
@@ -708,10 +781,10 @@ pub struct MasterConn {
     pub id: ConnectionId,
     /// Which slave dialed it.
     pub slave: usize,
-    /// The machine.
-    pub machine: MasterConnection,
-    /// The frame being written.
-    out: Option<Transmit>,
+    /// The shipped connection loop (what every transport runs).
+    pub lp: MasterLoop,
+    /// Whether the frame being written was checked already (frames are checked once, whole).
+    out_checked: bool,
     /// Where the next frame must start (from `Started`, then each frame's end).
     next: Option<u64>,
     /// The most body bytes the next data frame may carry (`first_batch_size`, doubling per
@@ -742,6 +815,9 @@ pub struct MasterNode {
     pub truncate_on_restart: Option<u64>,
     /// Connections ever accepted.
     pub accepted: u64,
+    /// Links the master does not read (nor run timers for) until then: a hung reader, as
+    /// when Java's read thread is stuck while its write thread still sends heartbeats.
+    pub deaf: BTreeMap<u64, Duration>,
     config: Config,
 }
 
@@ -758,12 +834,18 @@ impl MasterNode {
             paused_until: Duration::ZERO,
             truncate_on_restart: None,
             accepted: 0,
+            deaf: BTreeMap::new(),
             config,
         }
     }
 
     fn now(cx: &Ctx<'_>) -> Instant {
         cx.clocks.instant(0, cx.now)
+    }
+
+    /// Whether the master ignores what link `link` brings, and its timers, at `now`.
+    pub fn is_deaf(&self, link: u64, now: Duration) -> bool {
+        self.deaf.get(&link).is_some_and(|until| now < *until)
     }
 
     /// The next virtual time the master has something to do.
@@ -775,8 +857,9 @@ impl MasterNode {
             return Some(self.paused_until);
         }
         self.conns
-            .values()
-            .filter_map(|c| c.machine.poll_timeout())
+            .iter()
+            .filter(|(link, _)| !self.is_deaf(**link, now))
+            .filter_map(|(_, c)| c.lp.poll_timeout())
             .chain(self.service.poll_timeout())
             .map(|t| clocks.to_virtual(0, t))
             .filter(|t| *t > now)
@@ -800,8 +883,8 @@ impl MasterNode {
             MasterConn {
                 id,
                 slave,
-                machine: MasterConnection::new(self.config, now),
-                out: None,
+                lp: MasterLoop::new(self.config, now),
+                out_checked: false,
                 next: None,
                 frame_limit: self
                     .config
@@ -831,10 +914,13 @@ impl MasterNode {
             self.after_service_call(cx, None, false)?;
         }
         for (link, conn) in &self.conns {
-            check::master_buffer_bounded(conn.machine.buffered_len())?;
+            check::master_buffer_bounded(conn.lp.connection().buffered_len())?;
+            if self.is_deaf(*link, cx.now) {
+                continue;
+            }
             check::deadline_in_future(
                 &format!("master connection {} (link {link})", conn.id.get()),
-                conn.machine.poll_timeout(),
+                conn.lp.poll_timeout(),
                 now,
             )?;
         }
@@ -843,13 +929,20 @@ impl MasterNode {
     }
 
     fn poll_conn(&mut self, cx: &mut Ctx<'_>, link: u64, stored_ever: &[u64]) -> Check {
+        if self.is_deaf(link, cx.now) {
+            // The reader hangs; the writer goes on.
+            return self.transmit(cx, link);
+        }
         loop {
-            match cx.net.read(link, End::Master, cx.now, cx.entropy) {
+            match cx
+                .net
+                .read(link, End::Master, cx.now, cx.entropy, usize::MAX)
+            {
                 Read::Data(bytes) => {
                     let now = Self::now(cx);
                     let conn = self.conns.get_mut(&link).expect("live connection");
-                    let result = conn.machine.handle_input(now, &bytes, &self.log);
-                    check::master_buffer_bounded(conn.machine.buffered_len())?;
+                    let result = conn.lp.handle_read(now, &bytes, &self.log);
+                    check::master_buffer_bounded(conn.lp.connection().buffered_len())?;
                     if let Err(e) = result {
                         return self.conn_error(cx, link, e);
                     }
@@ -868,8 +961,8 @@ impl MasterNode {
         }
         let now = Self::now(cx);
         let conn = self.conns.get_mut(&link).expect("live connection");
-        if conn.machine.poll_timeout().is_some_and(|t| t <= now) || cx.entropy.chance(20) {
-            if let Err(e) = conn.machine.handle_timeout(now) {
+        if conn.lp.poll_timeout().is_some_and(|t| t <= now) || cx.entropy.chance(20) {
+            if let Err(e) = conn.lp.handle_timeout(now) {
                 return self.conn_error(cx, link, e);
             }
         }
@@ -886,7 +979,7 @@ impl MasterNode {
                 ));
             }
             let conn = self.conns.get_mut(&link).expect("live connection");
-            let Some(event) = conn.machine.poll_event() else {
+            let Some(event) = conn.lp.poll_event() else {
                 break;
             };
             let (id, slave) = (conn.id, conn.slave);
@@ -935,58 +1028,56 @@ impl MasterNode {
             let Some(conn) = self.conns.get_mut(&link) else {
                 return Ok(());
             };
-            if conn.out.is_none() {
-                match conn.machine.poll_transmit(now, &self.log) {
-                    Ok(None) => return Ok(()),
-                    Ok(Some(t)) => {
-                        let header = t.header();
-                        check::frame_is_contiguous_and_bounded(
-                            cx.history,
-                            &self.log,
-                            conn.frame_limit,
-                            conn.next,
-                            header.offset,
-                            t.body(),
-                        )?;
-                        conn.next = Some(header.end_offset());
-                        if header.body_len > 0 {
-                            conn.frame_limit = conn
-                                .frame_limit
-                                .saturating_mul(2)
-                                .min(self.config.transfer_batch_size());
-                        }
-                        if header.body_len > 0 {
-                            tr!(
-                                cx,
-                                "master link {link}: frame [{}, {})",
-                                header.offset,
-                                header.end_offset()
-                            );
-                        } else {
-                            tr!(cx, "master link {link}: heartbeat at {}", header.offset);
-                        }
-                        conn.out = Some(t);
-                    }
-                    Err(e) => return self.conn_error(cx, link, e),
+            let t = match conn.lp.poll_write(now, &self.log) {
+                Ok(None) => return Ok(()),
+                Ok(Some(t)) => t,
+                Err(e) => return self.conn_error(cx, link, e),
+            };
+            if !conn.out_checked {
+                conn.out_checked = true;
+                let header = t.header();
+                check::frame_is_contiguous_and_bounded(
+                    cx.history,
+                    &self.log,
+                    conn.frame_limit,
+                    conn.next,
+                    header.offset,
+                    t.body(),
+                )?;
+                conn.next = Some(header.end_offset());
+                if header.body_len > 0 {
+                    conn.frame_limit = conn
+                        .frame_limit
+                        .saturating_mul(2)
+                        .min(self.config.transfer_batch_size());
+                    tr!(
+                        cx,
+                        "master link {link}: frame [{}, {})",
+                        header.offset,
+                        header.end_offset()
+                    );
+                } else {
+                    tr!(cx, "master link {link}: heartbeat at {}", header.offset);
                 }
             }
-            let t = conn.out.as_mut().expect("a frame to write");
-            while t.has_remaining() {
-                match cx
-                    .net
-                    .write(link, End::Master, cx.now, t.chunk(), cx.entropy)
-                {
-                    Write::Written(n) => t.advance(n),
-                    Write::WouldBlock => return Ok(()),
-                    Write::Broken => {
-                        tr!(cx, "master: write on link {link} failed");
-                        return self.close_conn(cx, link, false);
+            let written = cx
+                .net
+                .write(link, End::Master, cx.now, t.chunk(), cx.entropy);
+            match written {
+                Write::Written(n) => {
+                    let result = conn.lp.handle_written(now, n);
+                    if !conn.lp.connection().is_transmitting() {
+                        conn.out_checked = false;
+                    }
+                    if let Err(e) = result {
+                        return self.conn_error(cx, link, e);
                     }
                 }
-            }
-            conn.out = None;
-            if let Err(e) = conn.machine.on_transmitted(now) {
-                return self.conn_error(cx, link, e);
+                Write::WouldBlock => return Ok(()),
+                Write::Broken => {
+                    tr!(cx, "master: write on link {link} failed");
+                    return self.close_conn(cx, link, false);
+                }
             }
         }
         Err(fail(
@@ -999,7 +1090,7 @@ impl MasterNode {
         tr!(cx, "master closes link {link}: {e}");
         let (min, max) = (self.log.min_offset(), self.log.max_offset());
         let expected = match &e {
-            MasterError::HousekeepingTimeout { .. } => {
+            MasterError::HousekeepingTimeout { .. } | MasterError::WriteStalled { .. } => {
                 // While idle, only a zombie (whose slave end is gone) may time out.
                 !cx.idle || cx.net.is_closed(link, End::Slave)
             }
@@ -1156,7 +1247,7 @@ impl MasterNode {
         let max = self.log.max_offset();
         self.conns
             .values()
-            .any(|c| c.slave == slave && c.machine.ack_offset() == Some(max))
+            .any(|c| c.slave == slave && c.lp.connection().ack_offset() == Some(max))
     }
 
     /// A one-line summary of the connections, for failure messages.
@@ -1167,9 +1258,9 @@ impl MasterNode {
                 s,
                 " [link {link} slave {} ack {:?} next {:?} in flight {}]",
                 c.slave,
-                c.machine.ack_offset(),
-                c.machine.next_offset(),
-                c.machine.is_transmitting()
+                c.lp.connection().ack_offset(),
+                c.lp.connection().next_offset(),
+                c.lp.connection().is_transmitting()
             );
         }
         s

@@ -50,10 +50,16 @@ pub enum Fault {
     MasterRestart,
     /// A master restart loses an unflushed tail of the log (slaves may then be ahead).
     LoseTail,
+    /// A slave's disk is full for a while: its appends fail.
+    DiskFull,
+    /// The master stops reading one connection (and running its timers) while it still
+    /// writes: a hung reader. The slave's reports fill the window and wait; the slave must
+    /// keep reading and close at the write-stall limit (the stuck-report scenario).
+    DeafMaster,
 }
 
 /// Every fault kind, in a fixed order.
-pub const ALL_FAULTS: [Fault; 19] = [
+pub const ALL_FAULTS: [Fault; 21] = [
     Fault::Latency,
     Fault::ShortReads,
     Fault::ShortWrites,
@@ -73,10 +79,12 @@ pub const ALL_FAULTS: [Fault; 19] = [
     Fault::Retention,
     Fault::MasterRestart,
     Fault::LoseTail,
+    Fault::DiskFull,
+    Fault::DeafMaster,
 ];
 
 /// Faults injected at scheduled moments (the others are properties of every operation).
-pub const SCHEDULED_FAULTS: [Fault; 11] = [
+pub const SCHEDULED_FAULTS: [Fault; 13] = [
     Fault::Stall,
     Fault::Burst,
     Fault::PartitionOneWay,
@@ -88,6 +96,8 @@ pub const SCHEDULED_FAULTS: [Fault; 11] = [
     Fault::Retention,
     Fault::MasterRestart,
     Fault::Zombie,
+    Fault::DiskFull,
+    Fault::DeafMaster,
 ];
 
 /// A set of fault kinds.
@@ -265,6 +275,16 @@ impl Params {
                 .reconnect_backoff_initial(initial)
                 .reconnect_backoff_max(max);
         }
+        if e.chance(500) {
+            b = b.write_stall_timeout(e.log_duration(timer_floor * 2, housekeeping * 2));
+        }
+        if e.chance(500) || faults.has(Fault::DiskFull) {
+            let initial = e.log_duration(Duration::from_millis(1), Duration::from_secs(1));
+            let max = initial + e.duration(Duration::ZERO, Duration::from_secs(5));
+            b = b
+                .local_failure_backoff_initial(initial)
+                .local_failure_backoff_max(max);
+        }
         let config = b.build().expect("drawn configuration is valid");
 
         let fault_phase = e.duration(Duration::from_secs(5), Duration::from_secs(60));
@@ -291,6 +311,8 @@ impl Params {
             1 => i64::MAX as u64 - (64 << 20) - e.below(1 << 30),
             _ => 0,
         };
+        // Real logs begin at a segment file's start (file names are start offsets).
+        let base = base - base % segment_size;
         let initial_len = if e.chance(500) {
             e.below((segment_size * 4).min(byte_budget + 1))
         } else {
