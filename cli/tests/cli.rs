@@ -1,8 +1,6 @@
 //! The `rocketmq-ha` program as a user runs it: the demo on every transport, a master and a
 //! slave in separate processes, help, and readable errors.
 
-#![cfg(feature = "cli")]
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
