@@ -11,6 +11,10 @@
 //! | [`smol`] | `async-io` `Async<TcpStream>`, `Timer` (no tokio) | [`smol::serve`] | [`smol::run_slave`] |
 //! | `tokio` (feature `tokio`) | `tokio::net`, `sleep_until` | `tokio::serve` | `tokio::run_slave` |
 //!
+//! The `tokio` driver needs the feature `tokio` (off by default, so this crate alone pulls no tokio
+//! in). The `rocketmq-ha` command-line program built on these drivers is the crate
+//! `rocketmq-ha-cli`.
+//!
 //! All three are generic over the core's [`LogSource`](rocketmq_ha::LogSource) /
 //! [`LogSink`](rocketmq_ha::LogSink) and share the same state:
 //!

@@ -3,6 +3,7 @@
 
 mod bench;
 mod progress;
+mod seconds;
 mod size;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
 use rocketmq_ha_transports::{MasterHandle, Running, SlaveHandle, Transport};
 
 use progress::{Progress, Rate};
+use seconds::Seconds;
 use size::{mb_per_s, Human, Size};
 
 /// Apache RocketMQ master/slave commit log replication (HA), wire-compatible with RocketMQ's
@@ -97,9 +99,15 @@ struct MasterArgs {
     /// segment (RocketMQ's rule).
     #[arg(long)]
     from_oldest: bool,
-    /// Seconds between status reports.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
-    status_interval: f64,
+    /// Seconds between status reports (more than 0, at most a day; below 0.1, reports come
+    /// every 0.1 s).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "1",
+        allow_hyphen_values = true
+    )]
+    status_interval: Seconds,
 }
 
 #[derive(clap::Args)]
@@ -212,7 +220,7 @@ fn master(args: MasterArgs) -> Result<(), Failure> {
     if let Some(addr) = server.local_addr() {
         eprintln!("master listening on {addr} ({transport} transport)");
     }
-    let interval = Duration::from_secs_f64(args.status_interval.max(0.1));
+    let interval = args.status_interval.0.max(Duration::from_millis(100));
     let started = Instant::now();
     let mut generator = Generator::new(started.elapsed().as_nanos() as u64);
     let mut appended = 0u64;

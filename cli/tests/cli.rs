@@ -1,8 +1,6 @@
 //! The `rocketmq-ha` program as a user runs it: the demo on every transport, a master and a
 //! slave in separate processes, help, and readable errors.
 
-#![cfg(feature = "cli")]
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -162,6 +160,65 @@ fn bad_input_gets_a_readable_error() {
         stderr.starts_with("rocketmq-ha: error: opening store") && stderr.contains("segment size"),
         "{stderr}"
     );
+}
+
+/// Durations that are no durations (infinite, NaN, zero, negative, longer than a day) are usage
+/// errors naming the option: exit 2 from clap, no panic, and the master never starts.
+#[test]
+fn status_interval_rejects_what_is_no_duration() {
+    let store = TempStore::new("status-interval");
+    for value in [
+        "inf", "-inf", "infinity", "1e400", "nan", "NaN", "0", "0.0", "-0", "-1", "-0.5", "86401",
+        "1e300", "abc",
+    ] {
+        for args in [
+            vec!["--status-interval".to_owned(), value.to_owned()],
+            vec![format!("--status-interval={value}")],
+        ] {
+            let mut command = Command::new(BIN);
+            command
+                .args(["master", "--listen", "127.0.0.1:0", "--store", store.path()])
+                .args(&args);
+            let (code, stderr) = exit_code_and_stderr(command);
+            assert_eq!(code, Some(2), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("--status-interval") && stderr.contains(value),
+                "{args:?}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            assert!(!store.0.exists(), "{args:?}: the master started");
+        }
+    }
+}
+
+/// Runs `command` to its end, killing it (and failing) if it still runs after 20 s: a value
+/// that is wrongly accepted starts a master that never exits.
+fn exit_code_and_stderr(mut command: Command) -> (Option<i32>, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rocketmq-ha");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for rocketmq-ha") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still runs after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), reader.join().expect("stderr reader"))
 }
 
 /// A master process growing its log (`--append-rate`) and a slave process with `--until`: the
