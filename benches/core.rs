@@ -84,10 +84,7 @@ fn client_frames(body: usize, read_size: usize) {
     let frames = (8 << 20) / body;
     let mut stream = Vec::with_capacity(frames * (body + 12));
     for i in 0..frames {
-        let header = TransferHeader {
-            offset: (i * body) as u64,
-            body_len: body as u32,
-        };
+        let header = TransferHeader::new((i * body) as u64, body as u32);
         stream.extend_from_slice(&header.encode());
         stream.extend(std::iter::repeat_n(3u8, body));
     }

@@ -34,6 +34,7 @@ impl Ticket {
 
 /// The outcome of one wait; each [`Ticket`] gets exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive] // e.g. the acks that completed it
 pub struct SyncCompletion {
     /// The wait this completes.
     pub ticket: Ticket,

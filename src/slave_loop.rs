@@ -263,6 +263,11 @@ impl SlaveLoop {
     /// [`handle_written`](Self::handle_written). A later call may return a newer report in
     /// place of one none of whose bytes went out.
     pub fn poll_write(&mut self, now: Instant) -> Option<PendingReport> {
+        if !self.client.is_connected() {
+            // A report of a closed connection is never written.
+            self.report = None;
+            return None;
+        }
         if let Some(bytes) = self.client.poll_transmit(now) {
             self.report = Some(PendingReport { bytes, written: 0 });
         }
@@ -299,9 +304,16 @@ impl SlaveLoop {
     /// The deadline from [`poll_timeout`](Self::poll_timeout) passed (calling early does no
     /// harm). An error closes the connection, or abandons the dial in progress.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ClientError> {
+        self.pump();
+        let held = self.dial_wanted;
         let result = self.client.handle_timeout(now);
         self.pump();
-        result
+        match result {
+            // The dial was never handed out (a slow disk held it the whole connect timeout):
+            // no connect failed, the machine just asks again after its back-off.
+            Err(ClientError::ConnectTimeout { .. }) if held => Ok(()),
+            other => other,
+        }
     }
 
     // --- output ---
@@ -437,6 +449,28 @@ mod tests {
         assert!(lp.poll_dial());
         lp.handle_connected(at, log.max_offset());
         assert_eq!(lp.poll_write(at).unwrap().as_bytes(), 3u64.to_be_bytes());
+    }
+
+    #[test]
+    fn a_dial_held_for_the_disk_past_its_deadline_is_no_connect_failure() {
+        let (mut lp, _log, t0) = connected();
+        lp.poll_write(t0);
+        lp.handle_written(t0, 8).unwrap();
+        read(&mut lp, t0, &frame(0, b"abc")).unwrap();
+        assert!(lp.poll_store().is_some());
+        lp.handle_closed(t0);
+        let at = lp.poll_timeout().unwrap();
+        lp.handle_timeout(at).unwrap();
+        assert!(!lp.poll_dial());
+        // The disk takes longer than the connect timeout.
+        let late = lp.poll_timeout().unwrap();
+        assert_eq!(late, at + Config::default().connect_timeout());
+        lp.handle_timeout(late).unwrap();
+        lp.handle_stored(3);
+        assert!(!lp.poll_dial(), "the machine waits its back-off first");
+        let again = lp.poll_timeout().unwrap();
+        lp.handle_timeout(again).unwrap();
+        assert!(lp.poll_dial());
     }
 
     #[test]

@@ -98,6 +98,7 @@ impl ReportDecoder {
 
 /// The 12-byte header of a master → slave transfer frame (§2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive] // AutoSwitch's longer header (§5) may add fields
 pub struct TransferHeader {
     /// CommitLog offset of the first body byte; for a heartbeat, the next offset to be sent.
     pub offset: u64,
@@ -106,6 +107,11 @@ pub struct TransferHeader {
 }
 
 impl TransferHeader {
+    /// A header for `body_len` bytes starting at `offset`.
+    pub fn new(offset: u64, body_len: u32) -> Self {
+        TransferHeader { offset, body_len }
+    }
+
     /// A heartbeat header: no body, announcing `offset` as the next offset (§2.2).
     pub fn heartbeat(offset: u64) -> Self {
         TransferHeader {

@@ -71,10 +71,7 @@ fn report_round_trip() {
 #[test]
 fn transfer_frame_round_trip() {
     fn prop(offset: u64, body: Vec<u8>, trailing: Vec<u8>, slack: u16) -> bool {
-        let header = TransferHeader {
-            offset: offset >> 1,
-            body_len: body.len() as u32,
-        };
+        let header = TransferHeader::new(offset >> 1, body.len() as u32);
         let limit = header.frame_len() as u32 + u32::from(slack);
         let encoded = header.encode();
         if header.end_offset() > i64::MAX as u64 {
@@ -398,10 +395,7 @@ fn client_is_insensitive_to_chunking() {
             } else {
                 at
             };
-            let header = TransferHeader {
-                offset,
-                body_len: body.len() as u32,
-            };
+            let header = TransferHeader::new(offset, body.len() as u32);
             stream.extend_from_slice(&header.encode());
             stream.extend_from_slice(body);
             at = offset + body.len() as u64;
@@ -634,7 +628,7 @@ fn sync_waiters_match_a_linear_model() {
             }
             let mut got: Vec<(Ticket, Result<(), SyncError>)> =
                 std::iter::from_fn(|| service.poll_completion())
-                    .map(|SyncCompletion { ticket, result }| (ticket, result))
+                    .map(|c: SyncCompletion| (c.ticket, c.result))
                     .collect();
             got.sort_by_key(|c| c.0);
             expected.sort_by_key(|c| c.0);

@@ -72,7 +72,8 @@ struct Harness {
     shut_down: bool,
     gap: u64,
     /// Completions the model expects from the current call.
-    expected: Vec<SyncCompletion>,
+    /// Completions the model expects from the current call: (ticket, result).
+    expected: Vec<(Ticket, Result<(), SyncError>)>,
 }
 
 impl Harness {
@@ -171,10 +172,7 @@ impl Harness {
                     self.shut_down = true;
                     for w in self.waiters.iter_mut().filter(|w| !w.done) {
                         w.done = true;
-                        self.expected.push(SyncCompletion {
-                            ticket: w.ticket,
-                            result: Err(SyncError::Shutdown),
-                        });
+                        self.expected.push((w.ticket, Err(SyncError::Shutdown)));
                     }
                     for c in &mut self.conns {
                         c.live = false;
@@ -272,7 +270,7 @@ impl Harness {
         };
         if let Some(result) = result {
             waiter.done = true;
-            self.expected.push(SyncCompletion { ticket, result });
+            self.expected.push((ticket, result));
         }
         self.waiters.push(waiter);
     }
@@ -299,10 +297,7 @@ impl Harness {
         for w in self.waiters.iter_mut().filter(|w| !w.done) {
             if w.deadline <= clock {
                 w.done = true;
-                self.expected.push(SyncCompletion {
-                    ticket: w.ticket,
-                    result: Err(SyncError::Timeout),
-                });
+                self.expected.push((w.ticket, Err(SyncError::Timeout)));
             }
         }
     }
@@ -313,20 +308,18 @@ impl Harness {
             .collect();
         for i in done {
             self.waiters[i].done = true;
-            self.expected.push(SyncCompletion {
-                ticket: self.waiters[i].ticket,
-                result: Ok(()),
-            });
+            self.expected.push((self.waiters[i].ticket, Ok(())));
         }
     }
 
     fn compare_completions(&mut self) {
-        let mut got: Vec<SyncCompletion> =
-            std::iter::from_fn(|| self.service.poll_completion()).collect();
+        let mut got: Vec<(Ticket, Result<(), SyncError>)> =
+            std::iter::from_fn(|| self.service.poll_completion())
+                .map(|c: SyncCompletion| (c.ticket, c.result))
+                .collect();
         let mut expected = std::mem::take(&mut self.expected);
-        let key = |c: &SyncCompletion| c.ticket;
-        got.sort_by_key(key);
-        expected.sort_by_key(key);
+        got.sort_by_key(|c| c.0);
+        expected.sort_by_key(|c| c.0);
         assert_eq!(got, expected, "completions of this call");
     }
 

@@ -37,10 +37,7 @@ pub fn wire_decode(data: &[u8]) {
                 // A well-formed frame, so that long valid streams are easy to reach.
                 let offset = input.u64() & i64::MAX as u64;
                 let body = input.bytes(48);
-                let header = TransferHeader {
-                    offset,
-                    body_len: body.len() as u32,
-                };
+                let header = TransferHeader::new(offset, body.len() as u32);
                 let mut frame = header.encode().to_vec();
                 frame.extend_from_slice(body);
                 let split = usize::from(input.u8()) % (frame.len() + 1);

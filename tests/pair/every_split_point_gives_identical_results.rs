@@ -64,12 +64,7 @@ fn every_split_of_one_frame_gives_the_same_append() {
     use std::time::Instant;
 
     let body = pattern(500, 40);
-    let mut frame = TransferHeader {
-        offset: 500,
-        body_len: 40,
-    }
-    .encode()
-    .to_vec();
+    let mut frame = TransferHeader::new(500, 40).encode().to_vec();
     frame.extend_from_slice(&body);
     for split in 0..=frame.len() {
         let now = Instant::now();

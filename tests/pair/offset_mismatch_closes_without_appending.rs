@@ -10,10 +10,7 @@ fn a_frame_at_the_wrong_offset_closes_and_appends_nothing() {
     let mut pair = Pair::caught_up_on(Config::default(), 0x1000);
 
     // V6: the slave ends at 0x1000 and a header for 0x2000 arrives (body not even sent).
-    let header = TransferHeader {
-        offset: 0x2000,
-        body_len: 0x10,
-    };
+    let header = TransferHeader::new(0x2000, 0x10);
     pair.inject_to_slave(&header.encode());
     pair.settle();
 

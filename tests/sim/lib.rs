@@ -99,6 +99,10 @@ pub struct Outcome {
     pub divergent_slaves: usize,
     /// Slaves the operator had to wipe (stranded below the retained range).
     pub wiped_slaves: usize,
+    /// Connections slaves closed because a report made no progress (the write-stall limit).
+    pub report_stall_closes: u64,
+    /// Failed local stores (a full disk).
+    pub local_failures: u64,
 }
 
 /// A broken invariant (or a panic), with what is needed to reproduce and understand it.
@@ -970,6 +974,8 @@ impl Sim {
                 })
                 .count(),
             wiped_slaves: self.wiped,
+            report_stall_closes: self.slaves.iter().map(|s| s.stall_closes).sum(),
+            local_failures: self.slaves.iter().map(|s| s.local_failures).sum(),
         }
     }
 }

@@ -265,3 +265,42 @@ fn slaves_catch_up_after_a_partition_heals() {
     );
     summarize(&outcomes);
 }
+
+/// The stuck-report scenario: the master stops reading a connection (a hung reader) while its
+/// writer still sends; the slave's reports fill the window and wait. The slave must go on
+/// reading and running its timers, close at the write-stall limit (checked after every step
+/// by `stalled_report_closes`), and resume to a byte-identical log once the master reads again.
+#[test]
+fn a_slave_whose_master_stops_reading_closes_at_the_stall_limit_and_resumes() {
+    let faults = Faults::NONE.with(Fault::DeafMaster).with(Fault::Latency);
+    let options = Options {
+        faults: Some(faults),
+        ..options()
+    };
+    let seeds: Vec<u64> = (2_000_000..2_000_300).collect();
+    let outcomes = run_all(&seeds, &options).unwrap_or_else(|f| panic!("{}", f[0]));
+    let stalls: u64 = outcomes.iter().map(|(_, o, _)| o.report_stall_closes).sum();
+    assert!(stalls > 0, "no run had a report stall to close");
+    assert!(outcomes.iter().all(|(_, o, _)| o.divergent_slaves == 0));
+    eprintln!(
+        "stuck-report scenario: {} runs, {stalls} connections closed at the stall limit",
+        outcomes.len()
+    );
+}
+
+/// A slave's disk fills up for a while: stores fail, the slave backs off on the slow
+/// local-failure schedule (checked by `reconnect_is_backed_off`), and once space is back it
+/// resumes to a byte-identical log.
+#[test]
+fn a_slave_on_a_full_disk_backs_off_and_resumes() {
+    let faults = Faults::NONE.with(Fault::DiskFull).with(Fault::SlowAppend);
+    let options = Options {
+        faults: Some(faults),
+        ..options()
+    };
+    let seeds: Vec<u64> = (3_000_000..3_000_200).collect();
+    let outcomes = run_all(&seeds, &options).unwrap_or_else(|f| panic!("{}", f[0]));
+    let failures: u64 = outcomes.iter().map(|(_, o, _)| o.local_failures).sum();
+    assert!(failures > 0, "no run had a failed store");
+    assert!(outcomes.iter().all(|(_, o, _)| o.divergent_slaves == 0));
+}

@@ -197,6 +197,10 @@ pub struct SlaveNode {
     client_clock: Cell<Instant>,
     /// Connections this slave lost or closed.
     pub disconnects: u64,
+    /// Connections closed at the write-stall limit.
+    pub stall_closes: u64,
+    /// Stores that failed (a full disk).
+    pub local_failures: u64,
     /// Crashed and not yet restarted.
     pub crashed: bool,
     /// Frozen until then (a stall).
@@ -224,6 +228,8 @@ impl SlaveNode {
             local_failure: false,
             client_clock: Cell::new(now),
             disconnects: 0,
+            stall_closes: 0,
+            local_failures: 0,
             crashed: false,
             paused_until: Duration::ZERO,
             config,
@@ -391,6 +397,7 @@ impl SlaveNode {
             let connected = self.lp.is_connected();
             self.lp.handle_store_failed(now);
             self.local_failure = true;
+            self.local_failures += 1;
             let checked = if connected {
                 self.close(cx, false)
             } else {
@@ -569,7 +576,8 @@ impl SlaveNode {
     fn client_error(&mut self, cx: &mut Ctx<'_>, e: ClientError) -> Check {
         tr!(cx, "slave {} closes: {e}", self.index);
         match e {
-            ClientError::HousekeepingTimeout { .. } | ClientError::WriteStalled { .. } => {}
+            ClientError::HousekeepingTimeout { .. } => {}
+            ClientError::WriteStalled { .. } => self.stall_closes += 1,
             other => {
                 return Err(fail(
                     "client_error_is_expected",

@@ -20,6 +20,7 @@ use crate::Error;
 
 /// One connected slave, as the master sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive] // more per-slave figures will come (bytes, frames, lag)
 pub struct SlaveInfo {
     /// The connection's id in the [`MasterService`].
     pub id: ConnectionId,
@@ -33,6 +34,7 @@ pub struct SlaveInfo {
 
 /// A slave connection that ended, and why.
 #[derive(Debug)]
+#[non_exhaustive] // e.g. how long it lived, bytes sent
 pub struct ClosedConnection {
     /// The connection's id.
     pub id: ConnectionId,
