@@ -14,21 +14,41 @@
 //! |---|---|---|
 //! | `HAConnection` | [`MasterConnection`] | master side of one slave connection (§3) |
 //! | `HAClient` | [`HaClient`] | the slave (§4) |
+//! | `HAConnection`'s two socket threads | [`MasterLoop`] | one connection's loop on the master: the frame being written, write progress |
+//! | `HAClient`'s socket loop | [`SlaveLoop`] | the slave's loop: read buffer, batches for the disk, the report being written, the dial |
 //! | `HAService`, `GroupTransferService` | [`MasterService`] | acks, in-sync count, sync waiters (§3.5, §3.6) |
 //! | frames | [`wire`] | 8-byte reports, 12-byte transfer headers (§2) |
 //! | `CommitLog` | [`LogSource`], [`LogSink`], [`MemoryLog`] | what the machines read and append |
 //! | `MessageStoreConfig` | [`Config`] | timers and sizes with RocketMQ's defaults (§6) |
 //!
-//! Section numbers (§) refer to the protocol description `ha-protocol.md`.
+//! Section numbers (§) refer to the protocol as this crate implements it: the [`protocol`]
+//! page (`docs/protocol.md` in the repository).
 //!
 //! # The run loop
-//! A driver owns the sockets and the clock. After **any** input it drains the machine's output,
-//! then sleeps until a socket is ready or the machine's deadline passes:
+//! This is the one contract every type's docs point to. A driver owns the sockets, the disk
+//! and the clock; the machines own every decision. The connection loops [`SlaveLoop`] and
+//! [`MasterLoop`] already follow it: a driver that uses them (as every driver in
+//! `rocketmq-ha-transports` and the simulator in `tests/sim` do) only performs the I/O they ask
+//! for. Used directly, the machines need the same steps:
 //!
-//! 1. Feed input: `handle_input` with bytes read, `handle_timeout` when the deadline passed.
-//! 2. Drain `poll_event` (acks to forward, appends to apply, dials to make).
-//! 3. Drain `poll_transmit` and write what it returns.
-//! 4. Sleep until readable, writable (if a write is pending) or `poll_timeout`.
+//! 1. **Input.** Hand every read to `handle_input` / `handle_read` as soon as it arrives; a
+//!    write that made progress to `handle_written` (and, on the master, a completed frame to
+//!    `on_transmitted`); EOF or an I/O error to `handle_disconnected` / `handle_closed`.
+//! 2. **Time.** When the deadline from `poll_timeout` passes, call `handle_timeout`. Calling it
+//!    early is harmless; never calling it breaks heartbeats, housekeeping, the write-stall limit
+//!    and the dial deadline.
+//! 3. **Events.** Drain `poll_event`: acks go to the [`MasterService`], appends to the disk
+//!    (then `handle_appended` / `handle_stored`, or the failure), a dial request to the dialer.
+//! 4. **Output.** Take `poll_transmit` / `poll_write` and write it. At most one report or frame
+//!    is in flight; a write that cannot proceed must never stop reads or timers, so wait for
+//!    writability *together with* readability and the deadline.
+//! 5. **Sleep** until a socket is readable, the pending write can proceed, the log grows (master)
+//!    or `poll_timeout` passes; then go to 1.
+//! 6. **Errors.** Any `Err` from a machine means: close that connection now. The machine has
+//!    already decided what comes next (a reconnect after a back-off, a removal from the
+//!    service).
+//!
+//! Time is always passed in and may go backwards: machines clamp it.
 //!
 //! # Example: one frame from master to slave, in memory
 //! ```
@@ -49,6 +69,7 @@
 //!
 //! // The slave reports its offset (0: empty) at once ...
 //! let report = client.poll_transmit(now).expect("first report");
+//! client.handle_written(now, report.len())?; // the socket took all 8 bytes
 //! master.handle_input(now, &report, &master_log)?;
 //!
 //! // ... and the master answers with a frame, written header and body together.
@@ -87,6 +108,9 @@ mod service;
 mod slave_loop;
 mod timer;
 pub mod wire;
+
+#[doc = include_str!("../docs/protocol.md")]
+pub mod protocol {}
 
 pub use client::{ClientEvent, HaClient, REJECTIONS_TO_REPORT};
 pub use config::{Config, ConfigBuilder, StartPosition};

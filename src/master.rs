@@ -114,7 +114,9 @@ impl Buf for Transmit {
 /// The master's state machine for one connected slave (RocketMQ's `HAConnection`, §3).
 ///
 /// It does no I/O and reads no clock: bytes from the slave, the time and the commit log go in;
-/// frames to send, events and the next deadline come out.
+/// frames to send, events and the next deadline come out. Most drivers use it through
+/// [`MasterLoop`](crate::MasterLoop), which keeps the frame being written; the contract is the
+/// crate's [run loop](crate#the-run-loop), applied here as follows.
 ///
 /// # The driver's loop
 /// 1. Feed every read from the socket to [`handle_input`](Self::handle_input) (EOF or a read
@@ -124,8 +126,12 @@ impl Buf for Transmit {
 /// 3. Drain [`poll_event`](Self::poll_event), forwarding [`MasterEvent::Acked`] to the
 ///    [`MasterService`](crate::MasterService).
 /// 4. Call [`poll_transmit`](Self::poll_transmit); write the [`Transmit`] it returns (the socket
-///    may take several writes) and then call [`on_transmitted`](Self::on_transmitted). Only one
-///    frame is in flight at a time (Java's `lastWriteOver`): this is the back-pressure.
+///    may take several writes; report each that wrote something but not all with
+///    [`handle_write_progress`](Self::handle_write_progress)) and then call
+///    [`on_transmitted`](Self::on_transmitted). Only one frame is in flight at a time (Java's
+///    `lastWriteOver`): this is the back-pressure. A frame that makes no progress for
+///    `write_stall_timeout` closes the connection at the next
+///    [`handle_timeout`](Self::handle_timeout).
 /// 5. Sleep until bytes arrive, the frame is written, the log grows, or
 ///    [`poll_timeout`](Self::poll_timeout) passes; then go to 1.
 ///

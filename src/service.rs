@@ -67,10 +67,11 @@ struct Waiter {
 /// (§3.5).
 ///
 /// # The driver's loop
+/// The crate's [run loop](crate#the-run-loop), applied to the service:
 /// 1. [`register`](Self::register) each accepted connection and [`remove`](Self::remove) it when
 ///    it closes; forward its events with [`handle_event`](Self::handle_event).
 /// 2. Call [`handle_timeout`](Self::handle_timeout) when [`poll_timeout`](Self::poll_timeout)
-///    passes.
+///    passes. Every wait's outcome comes from here: a waiter does not decide its own timeout.
 /// 3. After any call, drain [`poll_completion`](Self::poll_completion) and wake the waiters.
 #[derive(Debug)]
 pub struct MasterService {

@@ -333,9 +333,19 @@ fn follow(
             progress.message(&format!("connection to {}: {error}", slave.master()));
         }
         let max = slave.log().max_offset();
-        let state = match slave.status().connected {
-            true => "connected",
-            false => "connecting",
+        let status = slave.status();
+        // The reasons were printed as they happened; the state says which one still holds.
+        let state = if status.connected {
+            "connected".to_owned()
+        } else if status.local_failures > 0 {
+            format!(
+                "cannot store locally ({} failures in a row), retrying",
+                status.local_failures
+            )
+        } else if status.rejected {
+            "rejected by the master, retrying".to_owned()
+        } else {
+            "connecting".to_owned()
         };
         let note = match until {
             Some(u) => format!("lag {}  {state}", Human(u.saturating_sub(max))),

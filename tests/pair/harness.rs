@@ -48,6 +48,8 @@ pub struct Pair {
     pub client_errors: Vec<ClientError>,
     pub completions: Vec<SyncCompletion>,
     pub connects: usize,
+    /// What the slave said of a master that keeps closing it: (offset, closes in a row).
+    pub rejections: Vec<(u64, u32)>,
 }
 
 impl Pair {
@@ -74,6 +76,7 @@ impl Pair {
             client_errors: Vec::new(),
             completions: Vec::new(),
             connects: 0,
+            rejections: Vec::new(),
         }
     }
 
@@ -221,6 +224,7 @@ impl Pair {
                         .expect("the client only emits contiguous appends");
                     self.client.handle_appended(max);
                 }
+                ClientEvent::Rejected { offset, closes } => self.rejections.push((offset, closes)),
                 other => panic!("unexpected client event {other:?}"),
             }
         }

@@ -30,6 +30,11 @@ fn a_slave_behind_the_retained_range_gets_a_typed_error_not_heartbeats() {
         "back-off limits the reconnect rate"
     );
     assert_eq!(pair.slave_log.max_offset(), 100);
+    // The slave says so itself, once, with the offset it keeps reporting.
+    assert_eq!(
+        pair.rejections,
+        vec![(100, rocketmq_ha::REJECTIONS_TO_REPORT)]
+    );
 }
 
 #[test]
@@ -47,4 +52,9 @@ fn a_slave_ahead_of_the_master_is_refused() {
             max: 500
         })
     ));
+    pair.advance(Duration::from_secs(10));
+    assert_eq!(
+        pair.rejections.first(),
+        Some(&(600, rocketmq_ha::REJECTIONS_TO_REPORT))
+    );
 }

@@ -1,7 +1,7 @@
 //! Invariant checkers: separate, named functions run after every step (TigerBeetle style).
 //!
 //! Each returns `Err(Fail)` naming itself, so a failure says which promise broke. Section
-//! numbers refer to `ha-protocol.md`, invariant numbers to its §8.
+//! numbers refer to `docs/protocol.md`, invariant numbers to its §8.
 //!
 //! # The slave-prefix invariant, precisely
 //! Classic HA has no divergence detection (§4.4, §7.2 #10): if the master restarts and loses an

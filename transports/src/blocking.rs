@@ -38,7 +38,7 @@ where
     while !master.is_shut_down() {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let Some(conn) = master.connect(peer) else {
+                let Some(conn) = master.register_accepted(peer) else {
                     break;
                 };
                 connections.retain(|t| !t.is_finished());

@@ -2,8 +2,11 @@
 //! machines and a file-backed commit log in RocketMQ's on-disk layout.
 //!
 //! The machines of the core crate decide everything about the protocol; a driver here only moves
-//! bytes and time between the OS and them, following the run loop documented on
-//! [`MasterConnection`](rocketmq_ha::MasterConnection) and [`HaClient`](rocketmq_ha::HaClient).
+//! bytes and time between the OS and them. Every driver runs the core's connection loops,
+//! [`SlaveLoop`](rocketmq_ha::SlaveLoop) and [`MasterLoop`](rocketmq_ha::MasterLoop) (the same
+//! values the simulator in `tests/sim` runs), following the contract in the core crate's
+//! [run loop](rocketmq_ha#the-run-loop): they read, write, store, sleep and dial as the loops
+//! ask, and decide nothing about offsets, frames or timeouts.
 //!
 //! | module | sockets and timers | master | slave |
 //! |---|---|---|---|

@@ -85,7 +85,7 @@ where
         match accepted {
             None => return Ok(()),
             Some(Ok((socket, peer))) => {
-                let Some(conn) = master.connect(peer) else {
+                let Some(conn) = master.register_accepted(peer) else {
                     return Ok(());
                 };
                 let Some(executor) = executor.upgrade() else {

@@ -73,7 +73,7 @@ where
         };
         match accepted {
             Ok((socket, peer)) => {
-                let Some(conn) = master.connect(peer) else {
+                let Some(conn) = master.register_accepted(peer) else {
                     return Ok(());
                 };
                 // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).

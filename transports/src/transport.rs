@@ -12,14 +12,18 @@ use rocketmq_ha::{LogSink, LogSource};
 use crate::{blocking, smol, MasterHandle, SlaveHandle};
 
 /// Which driver runs the machines.
+///
+/// The enum has the same variants whatever the cargo features: [`Transport::Tokio`] exists
+/// without the `tokio` feature too, and spawning it then fails with
+/// [`io::ErrorKind::Unsupported`] ([`is_available`](Self::is_available) says so beforehand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive] // more drivers (io_uring, TLS) may come
 pub enum Transport {
     /// [`blocking`]: std sockets, threads.
     Blocking,
     /// [`smol`]: `async-io` on a thread running `async_io::block_on`.
     Smol,
-    /// [`tokio`](crate::tokio): a current-thread tokio runtime.
-    #[cfg(feature = "tokio")]
+    /// `tokio`: a current-thread tokio runtime (needs the cargo feature `tokio`).
     Tokio,
 }
 
@@ -37,9 +41,13 @@ impl Transport {
         match self {
             Transport::Blocking => "blocking",
             Transport::Smol => "smol",
-            #[cfg(feature = "tokio")]
             Transport::Tokio => "tokio",
         }
+    }
+
+    /// Whether this driver is compiled in (tokio needs the cargo feature `tokio`).
+    pub fn is_available(self) -> bool {
+        Transport::ALL.contains(&self)
     }
 
     /// Binds `addr` and serves `master` on a new thread until it is shut down.
@@ -66,6 +74,8 @@ impl Transport {
                     crate::tokio::serve(listener, master).await
                 })
             }),
+            #[cfg(not(feature = "tokio"))]
+            Transport::Tokio => Err(not_compiled_in(self)),
         }?;
         Ok(Running {
             local_addr: Some(local_addr),
@@ -94,6 +104,8 @@ impl Transport {
                 tokio_runtime()?.block_on(crate::tokio::run_slave(slave));
                 Ok(())
             }),
+            #[cfg(not(feature = "tokio"))]
+            Transport::Tokio => Err(not_compiled_in(self)),
         }?;
         Ok(Running {
             local_addr: None,
@@ -101,6 +113,14 @@ impl Transport {
             thread: Some(thread),
         })
     }
+}
+
+#[cfg(not(feature = "tokio"))]
+fn not_compiled_in(transport: Transport) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("the {transport} transport needs the cargo feature `{transport}`"),
+    )
 }
 
 #[cfg(feature = "tokio")]

@@ -266,8 +266,9 @@ impl<L> MasterHandle<L> {
         &self.inner.stop
     }
 
-    /// Registers a new connection from `peer`; `None` once shut down.
-    pub(crate) fn connect(&self, peer: SocketAddr) -> Option<ConnectionGuard<L>> {
+    /// Registers a socket the driver accepted from `peer` with the service; `None` once shut
+    /// down. Dropping the guard unregisters it.
+    pub(crate) fn register_accepted(&self, peer: SocketAddr) -> Option<ConnectionGuard<L>> {
         let id = {
             let mut state = lock(&self.inner.state);
             if self.is_shut_down() {
