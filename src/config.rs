@@ -1,5 +1,6 @@
 //! Every timer and size of the protocol, with RocketMQ's defaults (§6), validated once when built.
 
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use crate::error::ConfigError;
@@ -38,6 +39,7 @@ pub struct Config {
     write_stall_timeout: Duration,
     local_failure_backoff_initial: Duration,
     local_failure_backoff_max: Duration,
+    rate_limit: Option<NonZeroU64>,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             write_stall_timeout: Duration::from_millis(20_000),
             local_failure_backoff_initial: Duration::from_millis(1_000),
             local_failure_backoff_max: Duration::from_millis(30_000),
+            rate_limit: None,
         }
     }
 }
@@ -170,6 +173,17 @@ impl Config {
         self.local_failure_backoff_max
     }
 
+    /// `haFlowControlEnable` + `maxHaTransferByteInSecond` (off; RocketMQ's value when on is
+    /// 100 MiB/s): the most bytes a second, headers and bodies, the master sends to one slave
+    /// (§3.9). When the budget is spent the master waits for it to refill rather than send
+    /// anything; over any window of `T` seconds it sends at most `rate × T` plus one frame
+    /// (and one heartbeat sent on credit). It can be changed on a running connection with
+    /// [`MasterConnection::set_rate_limit`](crate::MasterConnection::set_rate_limit). At least
+    /// [`flow::MIN_RATE`](crate::flow::MIN_RATE).
+    pub fn rate_limit(&self) -> Option<NonZeroU64> {
+        self.rate_limit
+    }
+
     /// The longest duration any setting may have. Deadlines are `now + setting`; a setting
     /// near `Duration::MAX` would overflow `Instant` and panic the machines.
     pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -232,6 +246,11 @@ impl Config {
                 max: self.local_failure_backoff_max,
             });
         }
+        if let Some(rate) = self.rate_limit {
+            if rate.get() < crate::flow::MIN_RATE {
+                return Err(ConfigError::RateTooLow(rate.get()));
+            }
+        }
         if self.max_gap_not_in_sync == 0 {
             return Err(ConfigError::ZeroGap);
         }
@@ -289,6 +308,8 @@ impl ConfigBuilder {
         local_failure_backoff_initial: Duration;
         /// See [`Config::local_failure_backoff_max`].
         local_failure_backoff_max: Duration;
+        /// See [`Config::rate_limit`].
+        rate_limit: Option<NonZeroU64>;
     }
 
     /// Validates and returns the configuration.

@@ -85,6 +85,10 @@ pub enum ConfigError {
         /// The longest allowed.
         max: Duration,
     },
+    /// A rate limit below [`flow::MIN_RATE`](crate::flow::MIN_RATE) bytes a second: heartbeats
+    /// alone would outrun it.
+    #[error("rate_limit {0} B/s is below the least allowed, 1024 B/s")]
+    RateTooLow(u64),
     /// `max_gap_not_in_sync` was zero, so no slave could ever be in sync.
     #[error("max_gap_not_in_sync must be at least 1 byte")]
     ZeroGap,

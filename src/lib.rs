@@ -101,6 +101,7 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+pub mod flow;
 mod log;
 mod master;
 mod master_loop;

@@ -8,6 +8,7 @@ use bytes::{Buf, Bytes};
 
 use crate::config::{Config, StartPosition};
 use crate::error::MasterError;
+use crate::flow::Budget;
 use crate::log::{segment_start, LogSource};
 use crate::timer::{Clock, Timer, TimerTable};
 use crate::wire::{ReportDecoder, TransferHeader, TRANSFER_HEADER_LEN};
@@ -169,6 +170,10 @@ pub struct MasterConnection {
     last_read: Instant,
     /// When the frame in flight last made progress (for the stall error).
     last_write_progress: Instant,
+    /// The flow-control budget (§3.9), when a rate limit is set.
+    budget: Option<Budget>,
+    /// When the budget allows the frame that is waiting for it.
+    flow_ready: Option<Instant>,
     closed: bool,
     events: VecDeque<MasterEvent>,
 }
@@ -195,12 +200,31 @@ impl MasterConnection {
                 }),
             last_read: now,
             last_write_progress: now,
+            budget: config
+                .rate_limit()
+                .map(|rate| Budget::new(rate, Self::budget_capacity(&config), now)),
+            flow_ready: None,
             closed: false,
             events: VecDeque::new(),
         }
     }
 
+    /// The flow-control budget holds one full frame.
+    fn budget_capacity(config: &Config) -> u64 {
+        u64::from(config.transfer_batch_size()) + TRANSFER_HEADER_LEN as u64
+    }
+
     // --- getters ---
+
+    /// The rate limit in force, in bytes a second (§3.9).
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.budget.as_ref().map(Budget::rate)
+    }
+
+    /// Whether data is waiting for the flow-control budget, and until when.
+    pub fn flow_ready_at(&self) -> Option<Instant> {
+        self.flow_ready
+    }
 
     /// The slave's first reported offset, once known.
     pub fn request_offset(&self) -> Option<u64> {
@@ -343,6 +367,20 @@ impl MasterConnection {
         Ok(())
     }
 
+    /// Sets or lifts the rate limit at run time (an operator raising it while a slave catches
+    /// up). What the budget had saved up stays.
+    pub fn set_rate_limit(&mut self, now: Instant, rate: Option<std::num::NonZeroU64>) {
+        let now = self.clock.advance(now);
+        match (rate, self.budget.as_mut()) {
+            (None, _) => self.budget = None,
+            (Some(rate), Some(budget)) => budget.set_rate(rate, now),
+            (Some(rate), None) => {
+                self.budget = Some(Budget::new(rate, Self::budget_capacity(&self.config), now))
+            }
+        }
+        self.flow_ready = None;
+    }
+
     /// Part of the [`Transmit`] in flight was written (but not all of it): the slave is
     /// reading, so the write-stall limit starts again.
     pub fn handle_write_progress(&mut self, now: Instant) {
@@ -407,6 +445,16 @@ impl MasterConnection {
         if !body.is_empty() {
             // A log returning more than asked must not make a frame cross a segment.
             body.truncate(max_len);
+            // §3.9: the whole frame waits until the budget holds it; never an empty frame.
+            let frame_len = (TRANSFER_HEADER_LEN + body.len()) as u64;
+            if let Some(budget) = self.budget.as_mut() {
+                if !budget.allows(frame_len, now) {
+                    self.flow_ready = Some(budget.ready_at(frame_len));
+                    return self.heartbeat_if_due(now, next);
+                }
+                budget.spend(frame_len, now);
+            }
+            self.flow_ready = None;
             let header = TransferHeader {
                 offset: next,
                 body_len: body.len() as u32,
@@ -418,11 +466,26 @@ impl MasterConnection {
                 .min(self.config.transfer_batch_size());
             return Ok(Some(self.hand_out(now, Transmit::new(header, body))));
         }
-        if self.timers.is_expired(Timer::Heartbeat, now) {
-            let transmit = Transmit::new(TransferHeader::heartbeat(next), Bytes::new());
-            return Ok(Some(self.hand_out(now, transmit)));
+        self.flow_ready = None;
+        self.heartbeat_if_due(now, next)
+    }
+
+    /// A heartbeat at `next` when one is due (§3.4). It is sent even on an exhausted budget
+    /// (on credit): the slave's housekeeping must not close a connection that is only being
+    /// held back.
+    fn heartbeat_if_due(
+        &mut self,
+        now: Instant,
+        next: u64,
+    ) -> Result<Option<Transmit>, MasterError> {
+        if !self.timers.is_expired(Timer::Heartbeat, now) {
+            return Ok(None);
         }
-        Ok(None)
+        if let Some(budget) = self.budget.as_mut() {
+            budget.spend(TRANSFER_HEADER_LEN as u64, now);
+        }
+        let transmit = Transmit::new(TransferHeader::heartbeat(next), Bytes::new());
+        Ok(Some(self.hand_out(now, transmit)))
     }
 
     fn hand_out(&mut self, now: Instant, transmit: Transmit) -> Transmit {
@@ -446,14 +509,17 @@ impl MasterConnection {
             return None;
         }
         let housekeeping = self.timers.get(Timer::Housekeeping);
-        let (heartbeat, stall) = if self.in_flight {
-            (None, self.timers.get(Timer::WriteStall))
+        let (heartbeat, stall, flow) = if self.in_flight {
+            (None, self.timers.get(Timer::WriteStall), None)
         } else if self.next.is_some() {
-            (self.timers.get(Timer::Heartbeat), None)
+            (self.timers.get(Timer::Heartbeat), None, self.flow_ready)
         } else {
-            (None, None)
+            (None, None, None)
         };
-        [housekeeping, heartbeat, stall].into_iter().flatten().min()
+        [housekeeping, heartbeat, stall, flow]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn ensure_open(&self) -> Result<(), MasterError> {
@@ -579,6 +645,117 @@ mod tests {
         let err = c.handle_timeout(t1 + stall).unwrap_err();
         assert!(matches!(err, MasterError::WriteStalled { stalled } if stalled == stall));
         assert!(c.is_closed());
+    }
+
+    /// Runs `c` against `log` in virtual time for `secs`, writing every frame at once and
+    /// sleeping until `poll_timeout`; returns (time since start, frame bytes) per frame.
+    fn run_limited(
+        c: &mut MasterConnection,
+        log: &MemoryLog,
+        t0: Instant,
+        secs: u64,
+    ) -> Vec<(Duration, u64, bool)> {
+        let mut now = t0;
+        let mut frames = Vec::new();
+        let end = t0 + Duration::from_secs(secs);
+        while now < end {
+            while let Some(t) = c.poll_transmit(now, log).unwrap() {
+                frames.push((now - t0, t.remaining() as u64, t.is_heartbeat()));
+                c.on_transmitted(now).unwrap();
+            }
+            // The slave acks what it got, which keeps housekeeping quiet.
+            c.handle_input(now, &encode_report(c.ack_offset().unwrap()), log)
+                .unwrap();
+            now = c
+                .poll_timeout()
+                .unwrap()
+                .max(now + Duration::from_micros(1));
+        }
+        frames
+    }
+
+    #[test]
+    fn a_rate_limit_holds_over_every_window_and_sends_no_empty_frames() {
+        let t0 = Instant::now();
+        let rate = 100_000u64;
+        let config = Config::builder()
+            .transfer_batch_size(4096)
+            .rate_limit(std::num::NonZeroU64::new(rate))
+            .build()
+            .unwrap();
+        let mut log = MemoryLog::new(1 << 30);
+        log.push(vec![1u8; 4 << 20]);
+        let mut c = MasterConnection::new(config, t0);
+        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        let frames = run_limited(&mut c, &log, t0, 10);
+        assert!(
+            frames.iter().all(|f| !f.2),
+            "data waits; it is never replaced by empty frames"
+        );
+        let burst = 4096 + 12 + 12;
+        for i in 0..frames.len() {
+            let mut sum = 0;
+            for f in &frames[i..] {
+                sum += f.1;
+                let window = (f.0 - frames[i].0).as_nanos() as u64;
+                assert!(
+                    sum <= rate * window / 1_000_000_000 + burst,
+                    "{sum} bytes in {window} ns"
+                );
+            }
+        }
+        // And it is not slower than the limit: within 1% over 10 s.
+        let total: u64 = frames.iter().map(|f| f.1).sum();
+        assert!(total >= rate * 10 * 99 / 100, "{total} bytes in 10 s");
+    }
+
+    #[test]
+    fn a_rate_limit_can_be_raised_on_a_running_connection() {
+        let t0 = Instant::now();
+        let config = Config::builder()
+            .transfer_batch_size(1000)
+            .rate_limit(std::num::NonZeroU64::new(10_000))
+            .build()
+            .unwrap();
+        let mut log = MemoryLog::new(1 << 30);
+        log.push(vec![1u8; 1 << 20]);
+        let mut c = MasterConnection::new(config, t0);
+        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        let slow: u64 = run_limited(&mut c, &log, t0, 2).iter().map(|f| f.1).sum();
+        let t2 = t0 + Duration::from_secs(2);
+        c.set_rate_limit(t2, std::num::NonZeroU64::new(100_000));
+        assert_eq!(c.rate_limit(), Some(100_000));
+        let fast: u64 = run_limited(&mut c, &log, t2, 2).iter().map(|f| f.1).sum();
+        assert!(
+            slow <= 2 * 10_000 + 2024 && fast >= 2 * 100_000 * 98 / 100,
+            "{slow} then {fast}"
+        );
+        c.set_rate_limit(t2, None);
+        assert_eq!(c.rate_limit(), None);
+    }
+
+    #[test]
+    fn a_held_back_connection_still_sends_heartbeats() {
+        let t0 = Instant::now();
+        let config = Config::builder()
+            .transfer_batch_size(100_000)
+            .rate_limit(std::num::NonZeroU64::new(1024))
+            .build()
+            .unwrap();
+        let mut log = MemoryLog::new(1 << 30);
+        log.push(vec![1u8; 1 << 20]);
+        let mut c = MasterConnection::new(config, t0);
+        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        // The first full frame spends the budget; the next needs ~98 s of refill.
+        let first = c.poll_transmit(t0, &log).unwrap().unwrap();
+        assert_eq!(first.header().body_len, 100_000);
+        c.on_transmitted(t0).unwrap();
+        assert!(c.poll_transmit(t0, &log).unwrap().is_none());
+        assert!(c.flow_ready_at().unwrap() > t0 + Duration::from_secs(90));
+        let hb = t0 + Duration::from_secs(5);
+        assert_eq!(c.poll_timeout(), Some(hb));
+        let t = c.poll_transmit(hb, &log).unwrap().unwrap();
+        assert!(t.is_heartbeat());
     }
 
     #[test]

@@ -1,0 +1,139 @@
+//! Flow control: a byte budget per second for what a master sends to one slave (RocketMQ 5's
+//! `haFlowControlEnable` / `maxHaTransferByteInSecond`, §3.9), so a slave catching up a large
+//! backlog does not saturate the link that producers and other slaves share.
+//!
+//! Java's classic master counts only the 12-byte headers, so its limit almost never engages,
+//! and when it does it sends a zero-size frame that looks like a heartbeat. Ours counts every
+//! byte (header and body), and when the budget is spent the master waits for it to refill (a
+//! deadline) instead of sending anything.
+//!
+//! The budget is a token bucket that refills continuously at the rate and holds at most one full
+//! frame. So over **any** window of `T` seconds (not just aligned one-second windows, where a
+//! reset-every-second counter allows twice the rate across a boundary) the bytes sent are at most
+//! `rate × T` plus one frame, plus one 12-byte heartbeat that may be sent on credit (heartbeats
+//! keep the slave's housekeeping quiet even while data waits).
+
+use std::num::NonZeroU64;
+use std::time::{Duration, Instant};
+
+const NANOS: i128 = 1_000_000_000;
+
+/// The lowest rate accepted: at a few bytes a second even heartbeats would outrun it.
+pub const MIN_RATE: u64 = 1024;
+
+/// A continuously refilling byte budget (a token bucket), in nano-bytes so no fraction of a
+/// byte is lost between refills.
+#[derive(Debug, Clone)]
+pub(crate) struct Budget {
+    /// Bytes per second.
+    rate: u64,
+    /// The most bytes that can be saved up (one full frame).
+    capacity: u64,
+    /// Bytes available times 10⁹; negative after a heartbeat on credit.
+    tokens: i128,
+    last: Instant,
+}
+
+impl Budget {
+    /// A full budget of `capacity` bytes refilling at `rate` bytes a second.
+    pub(crate) fn new(rate: NonZeroU64, capacity: u64, now: Instant) -> Self {
+        Budget {
+            rate: rate.get().max(MIN_RATE),
+            capacity,
+            tokens: i128::from(capacity) * NANOS,
+            last: now,
+        }
+    }
+
+    /// Changes the rate (an operator raising it while a slave catches up); what was saved up
+    /// stays, within the capacity.
+    pub(crate) fn set_rate(&mut self, rate: NonZeroU64, now: Instant) {
+        self.refill(now);
+        self.rate = rate.get().max(MIN_RATE);
+    }
+
+    /// The rate in bytes a second.
+    pub(crate) fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_nanos() as i128;
+        self.last = self.last.max(now);
+        let cap = i128::from(self.capacity) * NANOS;
+        self.tokens = (self.tokens + elapsed * i128::from(self.rate)).min(cap);
+    }
+
+    /// Whether `bytes` can be sent at `now`.
+    pub(crate) fn allows(&mut self, bytes: u64, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= i128::from(bytes) * NANOS
+    }
+
+    /// Spends `bytes` (possibly on credit, for a heartbeat).
+    pub(crate) fn spend(&mut self, bytes: u64, now: Instant) {
+        self.refill(now);
+        self.tokens -= i128::from(bytes) * NANOS;
+    }
+
+    /// When `bytes` (at most the capacity) will be available.
+    pub(crate) fn ready_at(&self, bytes: u64) -> Instant {
+        let need = i128::from(bytes.min(self.capacity)) * NANOS - self.tokens;
+        if need <= 0 {
+            return self.last;
+        }
+        let rate = i128::from(self.rate);
+        // Rounded up, so at the deadline the bytes really are there.
+        let nanos = (need + rate - 1) / rate;
+        self.last + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rate(r: u64) -> NonZeroU64 {
+        NonZeroU64::new(r).unwrap()
+    }
+
+    #[test]
+    fn a_full_budget_then_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(rate(1_000_000), 10_000, t0);
+        assert!(b.allows(10_000, t0));
+        b.spend(10_000, t0);
+        assert!(!b.allows(1, t0));
+        // 1 MB/s: 5 000 bytes take 5 ms.
+        assert_eq!(b.ready_at(5_000), t0 + Duration::from_millis(5));
+        assert!(!b.allows(5_000, t0 + Duration::from_micros(4_999)));
+        assert!(b.allows(5_000, t0 + Duration::from_millis(5)));
+        // Never more than the capacity, however long it waits.
+        assert!(!b.allows(10_001, t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn credit_is_repaid_before_more_is_sent() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(rate(2048), 100, t0);
+        b.spend(100, t0);
+        b.spend(12, t0);
+        assert_eq!(
+            b.ready_at(1),
+            t0 + Duration::from_nanos(13 * NANOS as u64 / 2048 + 1)
+        );
+    }
+
+    #[test]
+    fn changing_the_rate_keeps_what_was_saved() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(rate(1024), 4096, t0);
+        b.spend(4096, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        b.set_rate(rate(1_048_576), t1);
+        assert!(b.allows(1024, t1));
+        assert!(!b.allows(1025, t1));
+        assert!(b.allows(4096, t1 + Duration::from_millis(3)));
+        assert_eq!(b.rate(), 1_048_576);
+    }
+}
