@@ -14,6 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use proxy::{hanging_listener, Dir, FaultProxy};
+use rocketmq_ha::{ClientError, Config, ConfigBuilder, MasterError, MemoryLog, StartPosition};
+use rocketmq_ha_transports::{Error, MasterHandle, Running, SlaveHandle, Transport};
 
 const MIB: u64 = 1024 * 1024;
 /// Generous: the machine is shared, and a hung test should fail, not stall CI.
@@ -59,11 +61,19 @@ fn arrives_within(mut from: &TcpStream, window: Duration) -> bool {
     let mut byte = [0u8; 1];
     let arrived = match from.read(&mut byte) {
         Ok(n) => n > 0,
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => false,
+        Err(e) if is_timeout(&e) => false,
         Err(e) => panic!("reading: {e}"),
     };
     from.set_read_timeout(Some(PATIENCE)).unwrap();
     arrived
+}
+
+/// Whether a read with a timeout ran out of time (Unix says `WouldBlock`).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// Reads until the peer's close shows: `Ok(())` for EOF, the error for a reset.
@@ -92,8 +102,9 @@ fn proxy_passes_bytes_through_both_ways_unchanged() {
         assert!(read_exactly(&client, down.len()) == down);
     });
     assert_eq!(proxy.accepted(), 1);
-    assert_eq!(proxy.forwarded(Dir::ToMaster), 3 * MIB);
-    assert_eq!(proxy.forwarded(Dir::ToSlave), 2 * MIB);
+    // A pump counts after its write returns, which may be after the reader got the bytes.
+    assert!(wait_for(|| proxy.forwarded(Dir::ToMaster) == 3 * MIB));
+    assert!(wait_for(|| proxy.forwarded(Dir::ToSlave) == 2 * MIB));
 }
 
 #[test]
@@ -167,7 +178,10 @@ fn proxy_trickle_splits_writes_and_delay_holds_them() {
     let mut buf = [0u8; 64];
     while got.len() < 64 {
         let n = server.read(&mut buf).unwrap();
-        assert!((1..=3).contains(&n), "a read of {n} bytes through a 3-byte trickle");
+        assert!(
+            (1..=3).contains(&n),
+            "a read of {n} bytes through a 3-byte trickle"
+        );
         got.extend_from_slice(&buf[..n]);
     }
     assert_eq!(got, pattern(0, 64));
@@ -199,7 +213,11 @@ fn proxy_cut_rst_resets_both_peers_promptly() {
             "expected ECONNRESET, got {closed:?}"
         );
     }
-    assert!(cut.elapsed() < Duration::from_secs(1), "{:?}", cut.elapsed());
+    assert!(
+        cut.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        cut.elapsed()
+    );
     assert!(wait_for(|| proxy.live_connections() == 0));
 }
 
@@ -215,7 +233,11 @@ fn proxy_cut_fin_closes_both_peers_cleanly() {
     for end in [&client, &server] {
         assert!(read_until_closed(end).is_ok(), "expected an EOF");
     }
-    assert!(cut.elapsed() < Duration::from_secs(1), "{:?}", cut.elapsed());
+    assert!(
+        cut.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        cut.elapsed()
+    );
     // The peers close in turn; then the proxy's pumps end.
     drop((client, server));
     assert!(wait_for(|| proxy.live_connections() == 0));
@@ -253,15 +275,16 @@ fn dropping_the_proxy_ends_its_threads_promptly() {
     let started = Instant::now();
     // The drop joins every thread of the proxy: returning at all is the check.
     drop(proxy);
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // And every peer sees its connection closed (an EOF, or a reset where the proxy left
     // bytes unread), not a read that times out.
     for end in pairs.iter().flat_map(|(client, server)| [client, server]) {
         let closed = read_until_closed(end);
-        assert!(
-            !matches!(&closed, Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)),
-            "{closed:?}"
-        );
+        assert!(!matches!(&closed, Err(e) if is_timeout(e)), "{closed:?}");
     }
 }
 
@@ -288,4 +311,397 @@ fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(10));
     }
     cond()
+}
+
+// --- replication through faults, every driver -----------------------------------------------
+
+const SEGMENT: u64 = 64 * MIB;
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const HOUSEKEEPING: Duration = Duration::from_millis(800);
+const BACKOFF_INITIAL: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(300);
+
+/// Small timers: a silent peer is closed within a second, a failed dial retried within 300 ms.
+fn timers() -> ConfigBuilder {
+    Config::builder()
+        .start_position(StartPosition::OldestRetained)
+        .heartbeat_interval(HEARTBEAT)
+        .housekeeping_interval(HOUSEKEEPING)
+        .connect_timeout(Duration::from_secs(1))
+        .reconnect_backoff_initial(BACKOFF_INITIAL)
+        .reconnect_backoff_max(BACKOFF_MAX)
+}
+
+fn config() -> Config {
+    timers().build().expect("valid test config")
+}
+
+/// A master and a slave of one transport with a [`FaultProxy`] between them. Dropping it
+/// stops the slave, then the proxy, then the master (the fields' order).
+struct Pair {
+    slave: SlaveHandle<MemoryLog>,
+    client: Running,
+    proxy: FaultProxy,
+    master: MasterHandle<MemoryLog>,
+    server: Running,
+}
+
+impl Pair {
+    /// A master holding `len` bytes, and a slave dialing it through a proxy.
+    fn with(transport: Transport, len: u64) -> Pair {
+        let mut log = MemoryLog::new(SEGMENT);
+        log.push(pattern(0, len));
+        let master = MasterHandle::new(log, config());
+        let server = transport.spawn_master(loopback(), master.clone()).unwrap();
+        let proxy = FaultProxy::start(server.local_addr().unwrap());
+        let slave = SlaveHandle::new(proxy.addr(), MemoryLog::new(SEGMENT), config());
+        let client = transport.spawn_slave(slave.clone()).unwrap();
+        Pair {
+            slave,
+            client,
+            proxy,
+            master,
+            server,
+        }
+    }
+
+    /// Appends `len` bytes of the pattern at the master's end; returns the new end.
+    fn grow(&self, len: u64) -> u64 {
+        let at = self.master.log().max_offset();
+        self.master.append(pattern(at, len)).unwrap()
+    }
+
+    /// Waits until the slave stores `end` and the master heard its ack, then checks the
+    /// slave's bytes against the master's.
+    fn assert_replicated(&self, end: u64) {
+        let reached = self
+            .slave
+            .wait_until_blocking(deadline(), |s| s.log().max_offset() >= end);
+        assert!(
+            reached,
+            "slave stopped at {} of {end}; status {:?}; errors {:?}",
+            self.slave.log().max_offset(),
+            self.slave.status(),
+            self.slave.take_errors()
+        );
+        let theirs = self.slave.log().read().copy_range(0, end).unwrap();
+        let ours = self.master.log().read().copy_range(0, end).unwrap();
+        assert!(theirs == ours, "slave bytes differ from the master's");
+        let acked = self
+            .master
+            .wait_until_blocking(deadline(), |m| m.ack_frontier() >= end);
+        assert!(
+            acked,
+            "master heard acks up to {}",
+            self.master.ack_frontier()
+        );
+    }
+
+    /// Waits until the slave has recorded an error matching `wanted`; returns all it recorded.
+    fn wait_for_slave_error(&self, wanted: impl Fn(&Error) -> bool) -> Vec<Error> {
+        let mut errors = Vec::new();
+        let seen = self.slave.wait_until_blocking(deadline(), |s| {
+            errors.extend(s.take_errors());
+            errors.iter().any(&wanted)
+        });
+        assert!(seen, "status {:?}; errors {errors:?}", self.slave.status());
+        errors
+    }
+
+    /// Waits until the master has closed a connection for a reason matching `wanted`.
+    fn wait_for_master_close(&self, wanted: impl Fn(&Error) -> bool) {
+        let mut closed = Vec::new();
+        let seen = self.master.wait_until_blocking(deadline(), |m| {
+            closed.extend(m.take_closed());
+            closed.iter().filter_map(|c| c.error.as_ref()).any(&wanted)
+        });
+        assert!(seen, "closed connections: {closed:?}");
+    }
+
+    fn finish(self) {
+        let Pair {
+            slave,
+            client,
+            proxy,
+            master,
+            server,
+        } = self;
+        client.shutdown().unwrap();
+        drop((slave, proxy));
+        server.shutdown().unwrap();
+        drop(master);
+    }
+}
+
+fn is_slave_housekeeping(e: &Error) -> bool {
+    matches!(e, Error::Client(ClientError::HousekeepingTimeout { .. }))
+}
+
+fn is_master_housekeeping(e: &Error) -> bool {
+    matches!(e, Error::Master(MasterError::HousekeepingTimeout { .. }))
+}
+
+fn heartbeats_keep_an_idle_caught_up_connection_up(transport: Transport) {
+    let pair = Pair::with(transport, MIB);
+    pair.assert_replicated(MIB);
+    // Three housekeeping intervals with nothing to send but heartbeats, both ways. Neither
+    // side may give up on the other: waiting for a reconnect must time out.
+    let quiet = Instant::now() + 3 * HOUSEKEEPING;
+    let restarted = pair.slave.wait_until_blocking(quiet, |s| {
+        let status = s.status();
+        !status.connected || status.connections > 1 || status.failures > 0
+    });
+    assert!(!restarted, "status {:?}", pair.slave.status());
+    assert!(pair.slave.take_errors().is_empty());
+    let closed = pair.master.take_closed();
+    assert!(closed.is_empty(), "the master closed {closed:?}");
+    assert_eq!(pair.master.slaves().len(), 1);
+    assert_eq!(pair.proxy.accepted(), 1);
+    // Heartbeats did flow: at least one per interval each way (12-byte frames, 8-byte reports).
+    let intervals = (3 * HOUSEKEEPING).as_millis() / HEARTBEAT.as_millis();
+    assert!(pair.proxy.forwarded(Dir::ToMaster) >= 8 * intervals as u64 / 2);
+    pair.finish();
+}
+
+fn a_black_hole_towards_the_slave_is_closed_by_slave_housekeeping(transport: Transport) {
+    let pair = Pair::with(transport, 2 * MIB);
+    pair.assert_replicated(2 * MIB);
+    pair.proxy.black_hole(Dir::ToSlave);
+    let end = pair.grow(MIB);
+    // Frames and heartbeats vanish; the master still hears reports, so only the slave notices.
+    pair.wait_for_slave_error(is_slave_housekeeping);
+    assert!(pair.slave.log().max_offset() < end);
+    pair.proxy.heal();
+    pair.assert_replicated(end);
+    assert!(pair.slave.status().connections >= 2);
+    pair.finish();
+}
+
+fn a_black_hole_towards_the_master_is_closed_by_master_housekeeping(transport: Transport) {
+    let pair = Pair::with(transport, 2 * MIB);
+    pair.assert_replicated(2 * MIB);
+    pair.proxy.black_hole(Dir::ToMaster);
+    let end = pair.grow(MIB);
+    // Reports vanish: the master closes the silent connection; its FIN reaches the slave.
+    pair.wait_for_master_close(is_master_housekeeping);
+    assert!(
+        pair.master.ack_frontier() < end,
+        "an ack passed the black hole"
+    );
+    pair.proxy.heal();
+    pair.assert_replicated(end);
+    assert!(pair.slave.status().connections >= 2);
+    pair.finish();
+}
+
+/// A master with 8 MiB, sent to the slave through a 32 KiB / 5 ms trickle (about 6 MB/s), so
+/// a cut after the first MiB lands mid-stream; `cut` runs then, the proxy heals, and the slave
+/// must come back and end byte-identical.
+fn cut_mid_transfer(transport: Transport, cut: impl FnOnce(&FaultProxy)) -> Pair {
+    let end = 8 * MIB;
+    let pair = Pair::with(transport, end);
+    pair.proxy
+        .trickle(Dir::ToSlave, 32 * 1024, Duration::from_millis(5));
+    let started = pair
+        .slave
+        .wait_until_blocking(deadline(), |s| s.log().max_offset() >= MIB);
+    assert!(started, "status {:?}", pair.slave.status());
+    cut(&pair.proxy);
+    assert!(pair.slave.log().max_offset() < end, "the cut came too late");
+    pair.proxy.heal();
+    pair.assert_replicated(end);
+    assert!(pair.slave.status().connections >= 2);
+    assert!(pair.proxy.accepted() >= 2);
+    pair
+}
+
+fn a_reset_mid_transfer_is_survived_byte_identical(transport: Transport) {
+    let pair = cut_mid_transfer(transport, FaultProxy::cut_rst);
+    // An RST is an error on both sides, not an orderly close.
+    assert!(pair.slave.status().failures >= 1);
+    pair.finish();
+}
+
+fn a_clean_close_mid_transfer_is_survived_byte_identical(transport: Transport) {
+    let pair = cut_mid_transfer(transport, FaultProxy::cut_fin);
+    // A FIN is an orderly close: the slave reconnects without recording an error.
+    let errors = pair.slave.take_errors();
+    assert!(errors.is_empty(), "{errors:?}");
+    pair.finish();
+}
+
+fn trickled_frames_and_delayed_reports_replicate_byte_identical(transport: Transport) {
+    let pair = Pair::with(transport, MIB);
+    // 4999 bytes at a time split headers and bodies at every possible place.
+    pair.proxy
+        .trickle(Dir::ToSlave, 4999, Duration::from_millis(1));
+    pair.proxy.delay(Dir::ToMaster, Duration::from_millis(20));
+    let mut end = MIB;
+    for _ in 0..4 {
+        end = pair.grow(256 * 1024);
+    }
+    pair.assert_replicated(end);
+    assert_eq!(pair.slave.status().connections, 1);
+    pair.finish();
+}
+
+fn delayed_frames_and_trickled_reports_replicate_byte_identical(transport: Transport) {
+    let pair = Pair::with(transport, MIB);
+    // 3 bytes at a time: every 8-byte report reaches the master in pieces.
+    pair.proxy
+        .trickle(Dir::ToMaster, 3, Duration::from_millis(1));
+    pair.proxy.delay(Dir::ToSlave, Duration::from_millis(10));
+    let mut end = MIB;
+    for _ in 0..4 {
+        end = pair.grow(256 * 1024);
+    }
+    pair.assert_replicated(end);
+    assert_eq!(pair.slave.status().connections, 1);
+    pair.finish();
+}
+
+/// The most dials a slave can make in `window` when every back-off delay is as short as the
+/// jitter allows: half of `min(initial · 2ⁿ, max)` before dial n + 1.
+fn most_dials_within(window: Duration, initial: Duration, max: Duration) -> u64 {
+    let (mut dials, mut spent, mut factor) = (1, Duration::ZERO, 1u32);
+    loop {
+        spent += initial.saturating_mul(factor).min(max) / 2;
+        if spent > window {
+            return dials;
+        }
+        dials += 1;
+        factor = factor.saturating_mul(2);
+    }
+}
+
+fn back_off_bounds_redials_while_connections_are_refused(transport: Transport) {
+    let mut log = MemoryLog::new(SEGMENT);
+    log.push(pattern(0, MIB));
+    let master = MasterHandle::new(log, config());
+    let server = transport.spawn_master(loopback(), master.clone()).unwrap();
+    let proxy = FaultProxy::start(server.local_addr().unwrap());
+    // Every dial connects and is reset at once, before a frame: nothing resets the back-off.
+    proxy.refuse_new(true);
+    let slave = SlaveHandle::new(proxy.addr(), MemoryLog::new(SEGMENT), config());
+    let started = Instant::now();
+    let client = transport.spawn_slave(slave.clone()).unwrap();
+    // The window of the experiment, not an assertion: redials happen on the slave's own timer.
+    thread::sleep(Duration::from_secs(1));
+    let failures = slave.status().failures;
+    let window = started.elapsed();
+    let most = most_dials_within(window, BACKOFF_INITIAL, BACKOFF_MAX);
+    assert!(
+        (3..=most).contains(&failures),
+        "{failures} failed dials in {window:?}; back-off allows 3..={most}"
+    );
+    assert!(proxy.refused() <= most);
+    proxy.refuse_new(false);
+    // Back in at most one maximal back-off, then it catches up.
+    let connected = slave.wait_until_blocking(deadline(), |s| s.log().max_offset() >= MIB);
+    assert!(connected, "status {:?}", slave.status());
+    client.shutdown().unwrap();
+    drop(proxy);
+    server.shutdown().unwrap();
+}
+
+fn a_dial_to_a_hanging_listener_fails_at_the_connect_timeout(transport: Transport) {
+    let hanging = hanging_listener();
+    let connect_timeout = Duration::from_millis(300);
+    let config = timers()
+        .connect_timeout(connect_timeout)
+        .reconnect_backoff_max(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let slave = SlaveHandle::new(hanging.addr(), MemoryLog::new(SEGMENT), config);
+    let started = Instant::now();
+    let client = transport.spawn_slave(slave.clone()).unwrap();
+    let mut errors = Vec::new();
+    let failed = slave.wait_until_blocking(deadline(), |s| {
+        errors.extend(s.take_errors());
+        errors.len() >= 3
+    });
+    let took = started.elapsed();
+    assert!(failed, "status {:?}; errors {errors:?}", slave.status());
+    // Three dials, each given up at the timeout: not sooner (they did hang), not much later.
+    assert!(took >= 3 * connect_timeout, "{took:?}");
+    assert!(
+        took < 3 * (connect_timeout + Duration::from_millis(500)),
+        "{took:?}"
+    );
+    assert!(
+        errors.iter().all(
+            |e| matches!(e, Error::ConnectTimeout { after, .. } if *after == connect_timeout)
+                && e.to_string().contains("timed out")
+        ),
+        "{errors:?}"
+    );
+    assert_eq!(slave.status().connections, 0);
+    client.shutdown().unwrap();
+}
+
+macro_rules! suite {
+    ($($driver:ident => $transport:expr;)*) => {$(
+        mod $driver {
+            use super::*;
+
+            #[test]
+            fn heartbeats_keep_an_idle_caught_up_connection_up() {
+                super::heartbeats_keep_an_idle_caught_up_connection_up($transport);
+            }
+
+            #[test]
+            fn a_black_hole_towards_the_slave_is_closed_by_slave_housekeeping() {
+                super::a_black_hole_towards_the_slave_is_closed_by_slave_housekeeping(
+                    $transport,
+                );
+            }
+
+            #[test]
+            fn a_black_hole_towards_the_master_is_closed_by_master_housekeeping() {
+                super::a_black_hole_towards_the_master_is_closed_by_master_housekeeping(
+                    $transport,
+                );
+            }
+
+            #[test]
+            fn a_reset_mid_transfer_is_survived_byte_identical() {
+                super::a_reset_mid_transfer_is_survived_byte_identical($transport);
+            }
+
+            #[test]
+            fn a_clean_close_mid_transfer_is_survived_byte_identical() {
+                super::a_clean_close_mid_transfer_is_survived_byte_identical($transport);
+            }
+
+            #[test]
+            fn trickled_frames_and_delayed_reports_replicate_byte_identical() {
+                super::trickled_frames_and_delayed_reports_replicate_byte_identical($transport);
+            }
+
+            #[test]
+            fn delayed_frames_and_trickled_reports_replicate_byte_identical() {
+                super::delayed_frames_and_trickled_reports_replicate_byte_identical($transport);
+            }
+
+            #[test]
+            fn back_off_bounds_redials_while_connections_are_refused() {
+                super::back_off_bounds_redials_while_connections_are_refused($transport);
+            }
+
+            #[test]
+            fn a_dial_to_a_hanging_listener_fails_at_the_connect_timeout() {
+                super::a_dial_to_a_hanging_listener_fails_at_the_connect_timeout($transport);
+            }
+        }
+    )*};
+}
+
+suite! {
+    blocking => Transport::Blocking;
+    smol => Transport::Smol;
+}
+
+#[cfg(feature = "tokio")]
+suite! {
+    tokio => Transport::Tokio;
 }

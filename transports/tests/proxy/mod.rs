@@ -19,11 +19,14 @@
 //! dropping it ends every one of its threads: it closes all sockets, wakes every waiting pump
 //! and joins them.
 //!
-//! [`hanging_listener`] is the other tool here: an address where `connect` hangs.
+//! Two listeners complete the kit: [`hanging_listener`], an address where `connect` hangs, and
+//! [`narrow_listener`], whose accepted sockets make a peer's writes block soon once they are no
+//! longer read.
 
 // Each test file uses a different part of the module.
 #![allow(dead_code)]
 
+use std::hash::BuildHasher;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -128,19 +131,7 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// A proxy to `target`, listening on 127.0.0.1 on a free port.
     pub fn start(target: SocketAddr) -> FaultProxy {
-        Self::start_with(target, false)
-    }
-
-    /// Like [`start`](Self::start), but the client-facing sockets advertise a tiny MSS and
-    /// receive buffer. On loopback a client's send buffer is autotuned from the peer's MSS to
-    /// about 4 MB, which 8-byte reports take minutes to fill when the proxy stalls
-    /// [`Dir::ToMaster`]; with this, about 10 KB fill it (a second of 1 ms heartbeats).
-    pub fn start_small_window(target: SocketAddr) -> FaultProxy {
-        Self::start_with(target, true)
-    }
-
-    fn start_with(target: SocketAddr, small_window: bool) -> FaultProxy {
-        let listener = bind_loopback(small_window).expect("bind the proxy's listener");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy's listener");
         let addr = listener.local_addr().expect("the proxy's address");
         let shared = Arc::new(Shared {
             target,
@@ -203,7 +194,8 @@ impl FaultProxy {
 
     /// Holds each chunk read in `dir` for `delay` before forwarding it.
     pub fn delay(&self, dir: Dir, delay: Duration) {
-        self.shared.set(|s| s.faults[dir.index()].delay = Some(delay));
+        self.shared
+            .set(|s| s.faults[dir.index()].delay = Some(delay));
     }
 
     /// Forwards at most `bytes_per_chunk` bytes in `dir`, then pauses for `pause`.
@@ -369,18 +361,34 @@ impl Shared {
     }
 }
 
-/// A listener on 127.0.0.1 on a free port; with `small_window`, accepted sockets inherit a tiny
-/// receive buffer and MSS.
-fn bind_loopback(small_window: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    if small_window {
-        // Linux raises these to its minimums (about 2 KB and 88 bytes).
-        socket.set_recv_buffer_size(1)?;
-        socket.set_tcp_mss(88)?;
-    }
-    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
-    socket.listen(128)?;
-    Ok(socket.into())
+/// A listener for a peer that stops reading, made so that the other side's writes block after
+/// a few hundred KB of 8-byte reports rather than megabytes (for write-stall tests).
+///
+/// Linux sizes a connection's send buffer as 3 × max(cwnd, reordering + 1) segments of about
+/// 1.3 KB per 88 bytes of MSS, which is about 4 MB on loopback's 64 KB MSS. So this listener
+/// (its accepted sockets inherit the options)
+/// * advertises the smallest MSS, 88 bytes: a segment then costs about 1.3 KB, not 128 KB;
+/// * has the smallest receive buffer, about 2 KB: its window closes after some 1152 bytes, so
+///   the dialer's congestion window grows only to about 10 + 1152 / 8 segments;
+/// * listens on a random address in 127/8 (all loopback on Linux) rather than 127.0.0.1: the
+///   kernel caches TCP metrics per destination, and a reordering of 300 cached for 127.0.0.1
+///   (seen on the machine this was written on) would make that 300 segments from the start.
+///
+/// Measured on Linux 6.18: a slave reporting into it blocks after 231 KB of reports.
+pub fn narrow_listener() -> TcpListener {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a socket");
+    // Linux raises these to its minimums (about 2 KB and 88 bytes).
+    socket.set_recv_buffer_size(1).expect("SO_RCVBUF");
+    socket.set_tcp_mss(88).expect("TCP_MAXSEG");
+    let random = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    let [a, b, c, ..] = random.to_le_bytes();
+    // 127.1.0.1 ..= 127.254.255.254
+    let ip = [127, a % 254 + 1, b, c % 254 + 1];
+    socket
+        .bind(&SocketAddr::from((ip, 0)).into())
+        .expect("bind an address in 127/8");
+    socket.listen(128).expect("listen");
+    socket.into()
 }
 
 fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
@@ -540,7 +548,9 @@ fn write_all(
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 if !shared.is_live(conn) {
