@@ -146,7 +146,7 @@ fn a_slave_whose_reports_stall_closes_the_connection_and_resumes(transport: Tran
         "the flood ran out before the slave stalled"
     );
     let stored = slave.log().max_offset();
-    assert!(stored > 0 && stored % FRAME_BODY == 0, "stored {stored}");
+    assert!(stored > 0 && stored.is_multiple_of(FRAME_BODY), "stored {stored}");
 
     // A real master with the same bytes and more takes the fake's address; the slave, failing
     // its dials meanwhile, resumes there from what it stored.
@@ -172,7 +172,7 @@ fn a_slave_whose_reports_stall_closes_the_connection_and_resumes(transport: Tran
     let requested: Vec<_> = master.slaves().iter().map(|s| s.requested).collect();
     let sent = sent.load(Ordering::SeqCst);
     assert!(
-        matches!(requested[..], [Some(r)] if (stored..=sent).contains(&r) && r % FRAME_BODY == 0),
+        matches!(requested[..], [Some(r)] if (stored..=sent).contains(&r) && r.is_multiple_of(FRAME_BODY)),
         "requested {requested:?}; stored {stored} at the close, {sent} sent"
     );
     client.shutdown().unwrap();
