@@ -146,7 +146,10 @@ fn a_slave_whose_reports_stall_closes_the_connection_and_resumes(transport: Tran
         "the flood ran out before the slave stalled"
     );
     let stored = slave.log().max_offset();
-    assert!(stored > 0 && stored.is_multiple_of(FRAME_BODY), "stored {stored}");
+    assert!(
+        stored > 0 && stored.is_multiple_of(FRAME_BODY),
+        "stored {stored}"
+    );
 
     // A real master with the same bytes and more takes the fake's address; the slave, failing
     // its dials meanwhile, resumes there from what it stored.
