@@ -191,6 +191,16 @@ impl HaClient {
         self.state == State::Connected
     }
 
+    /// The connection's state, as RocketMQ 5 names it (§3.10): `Ready` without a connection,
+    /// `Transfer` while connected, `Shutdown` for good.
+    pub fn connection_state(&self) -> crate::ConnectionState {
+        match self.state {
+            State::Waiting | State::Dialing => crate::ConnectionState::Ready,
+            State::Connected => crate::ConnectionState::Transfer,
+            State::Shutdown => crate::ConnectionState::Shutdown,
+        }
+    }
+
     /// Whether a dial is in progress (a [`ClientEvent::Connect`] was issued and neither
     /// answered nor given up).
     pub fn is_dialing(&self) -> bool {

@@ -249,6 +249,20 @@ pub enum SyncError {
     /// The service shut down while the request was pending.
     #[error("replication service shut down")]
     Shutdown,
+    /// No slave is connected, or the slaves are too far behind (`max_gap_not_in_sync`): a 4.9
+    /// `SYNC_MASTER` answers `SLAVE_NOT_AVAILABLE` at once instead of waiting
+    /// ([`AckPolicy::SlaveOk`](crate::AckPolicy::SlaveOk)).
+    #[error("no slave is available (none connected, or too far behind)")]
+    SlaveNotAvailable,
+    /// Fewer replicas are in sync than the policy needs: 5.x's `IN_SYNC_REPLICAS_NOT_ENOUGH`,
+    /// answered at once ([`AckPolicy::InSyncReplicas`](crate::AckPolicy::InSyncReplicas)).
+    #[error("{in_sync} replica(s) in sync (the master included), {needed} needed")]
+    NotEnoughInSync {
+        /// Replicas the write needs, the master included.
+        needed: usize,
+        /// Replicas in sync, the master included.
+        in_sync: usize,
+    },
 }
 
 /// Maps each error to the `io::ErrorKind` a network user would expect.
@@ -279,6 +293,9 @@ impl IoKind for SyncError {
         match self {
             SyncError::Timeout => io::ErrorKind::TimedOut,
             SyncError::Shutdown => io::ErrorKind::Interrupted,
+            SyncError::SlaveNotAvailable | SyncError::NotEnoughInSync { .. } => {
+                io::ErrorKind::NotConnected
+            }
         }
     }
 }

@@ -18,6 +18,29 @@ use std::time::{Duration, Instant};
 
 const NANOS: i128 = 1_000_000_000;
 
+/// A master's flow-control setting: the same limit for each connection, or one limit shared by
+/// all of them (split evenly among the live connections, so together they never exceed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateLimit {
+    /// Each connection may send this many bytes a second (RocketMQ's
+    /// `maxHaTransferByteInSecond`, which is per connection).
+    PerConnection(NonZeroU64),
+    /// All connections together may send this many bytes a second.
+    Shared(NonZeroU64),
+}
+
+impl RateLimit {
+    /// The limit for one of `connections` live connections (never below [`MIN_RATE`]).
+    pub fn per_connection(&self, connections: usize) -> NonZeroU64 {
+        let rate = match *self {
+            RateLimit::PerConnection(rate) => rate.get(),
+            RateLimit::Shared(total) => total.get() / (connections.max(1) as u64),
+        };
+        NonZeroU64::new(rate.max(MIN_RATE)).unwrap_or(NonZeroU64::MIN)
+    }
+}
+
 /// The lowest rate accepted: at a few bytes a second even heartbeats would outrun it.
 pub const MIN_RATE: u64 = 1024;
 
@@ -121,6 +144,21 @@ mod tests {
         assert_eq!(
             b.ready_at(1),
             t0 + Duration::from_nanos(13 * NANOS as u64 / 2048 + 1)
+        );
+    }
+
+    #[test]
+    fn a_shared_limit_is_split_among_the_connections() {
+        let shared = RateLimit::Shared(rate(100 << 20));
+        assert_eq!(shared.per_connection(0).get(), 100 << 20);
+        assert_eq!(shared.per_connection(4).get(), 25 << 20);
+        assert_eq!(
+            RateLimit::Shared(rate(2048)).per_connection(1000).get(),
+            MIN_RATE
+        );
+        assert_eq!(
+            RateLimit::PerConnection(rate(5000)).per_connection(9).get(),
+            5000
         );
     }
 

@@ -97,9 +97,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod ack_policy;
 mod backoff;
 mod client;
 mod config;
+mod connection_state;
 mod error;
 pub mod flow;
 mod log;
@@ -113,8 +115,10 @@ pub mod wire;
 #[doc = include_str!("../docs/protocol.md")]
 pub mod protocol {}
 
+pub use ack_policy::AckPolicy;
 pub use client::{ClientEvent, HaClient, REJECTIONS_TO_REPORT};
 pub use config::{Config, ConfigBuilder, StartPosition};
+pub use connection_state::ConnectionState;
 pub use error::{ClientError, ConfigError, LogError, MasterError, SyncError, WireError};
 pub use log::{segment_start, LogSink, LogSource, MemoryLog};
 pub use master::{MasterConnection, MasterEvent, Transmit};

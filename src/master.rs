@@ -247,6 +247,16 @@ impl MasterConnection {
         self.in_flight
     }
 
+    /// The connection's state, as RocketMQ 5 names it (§3.10): `Transfer` from accept until
+    /// it closes, then `Shutdown` (Java's classic master).
+    pub fn connection_state(&self) -> crate::ConnectionState {
+        if self.closed {
+            crate::ConnectionState::Shutdown
+        } else {
+            crate::ConnectionState::Transfer
+        }
+    }
+
     /// Whether the connection ended with an error; every later call is refused.
     pub fn is_closed(&self) -> bool {
         self.closed

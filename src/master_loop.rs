@@ -91,7 +91,13 @@ impl MasterLoop {
         self.conn.on_transmitted(now)
     }
 
-    /// The next deadline: heartbeat, housekeeping, or a stalled write.
+    /// Sets or lifts the connection's rate limit (see
+    /// [`MasterConnection::set_rate_limit`]).
+    pub fn set_rate_limit(&mut self, now: Instant, rate: Option<std::num::NonZeroU64>) {
+        self.conn.set_rate_limit(now, rate);
+    }
+
+    /// The next deadline: heartbeat, housekeeping, a stalled write, or the flow-control budget.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conn.poll_timeout()
     }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
+use crate::ack_policy::AckPolicy;
 use crate::config::Config;
 use crate::error::SyncError;
 use crate::master::MasterEvent;
@@ -260,6 +261,34 @@ impl MasterService {
             }
         }
         ticket
+    }
+
+    /// Registers a wait for a write ending at `offset` under `policy` (§3.5): the policy says
+    /// how many slaves must acknowledge it, as the connections stand now, or fails it at once
+    /// ([`SyncError::SlaveNotAvailable`], [`SyncError::NotEnoughInSync`]); either way the
+    /// ticket completes exactly once, like [`wait_for`](Self::wait_for)'s.
+    pub fn wait_with(
+        &mut self,
+        now: Instant,
+        offset: u64,
+        policy: &AckPolicy,
+        deadline: Instant,
+    ) -> Ticket {
+        self.clock.advance(now);
+        match policy.slaves_needed(self, offset) {
+            Ok(slaves) => self.wait_for(now, offset, slaves, deadline),
+            Err(e) if !self.shut_down => {
+                let ticket = Ticket(self.next_ticket);
+                self.next_ticket += 1;
+                self.completions.push_back(SyncCompletion {
+                    ticket,
+                    result: Err(e),
+                });
+                ticket
+            }
+            // After shutdown every wait fails with `Shutdown`, whatever the policy says.
+            Err(_) => self.wait_for(now, offset, 0, deadline),
+        }
     }
 
     /// Time passed: waiters whose deadline is at or before `now` complete with

@@ -545,3 +545,56 @@ pub fn no_overdue_waiter(model: &ServiceModel, now: Instant) -> Check {
     }
     Ok(())
 }
+
+/// §3.9 flow control, checked independently of the machine's token bucket: over **any** window
+/// of a rate-limited connection (not only aligned seconds), the bytes handed out, headers and
+/// heartbeats included, are at most `rate × window` plus one full frame plus one heartbeat sent
+/// on credit. Kept as the least value of `sent_before(t) − rate·t` over the frames so far, so
+/// each frame is checked against every earlier start in O(1).
+#[derive(Debug, Clone)]
+pub struct FlowWindow {
+    start: Instant,
+    /// The latest time the connection was given (its clock clamps backward jumps).
+    clock: Instant,
+    sent: u64,
+    least: i128,
+}
+
+impl FlowWindow {
+    /// A connection accepted at `start`.
+    pub fn new(start: Instant) -> Self {
+        FlowWindow {
+            start,
+            clock: start,
+            sent: 0,
+            least: i128::MAX,
+        }
+    }
+
+    /// The connection's machine was given `now` (its clock is the latest of these).
+    pub fn saw(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// A frame of `len` bytes (header included) handed out at `now`.
+    pub fn frame(&mut self, rate: Option<u64>, burst: u64, now: Instant, len: u64) -> Check {
+        self.clock = self.clock.max(now);
+        if let Some(rate) = rate {
+            let t = (self.clock - self.start).as_nanos() as i128;
+            let rate = i128::from(rate);
+            let before = i128::from(self.sent) * 1_000_000_000 - rate * t;
+            self.least = self.least.min(before);
+            let after = before + i128::from(len) * 1_000_000_000;
+            let excess = after - self.least;
+            ensure!(
+                "flow_limit_holds_over_every_window",
+                excess <= i128::from(burst) * 1_000_000_000,
+                "a window ending at {:?} carried {} bytes more than rate {rate} B/s allows (burst {burst})",
+                self.clock - self.start,
+                (excess / 1_000_000_000) - i128::from(burst)
+            );
+        }
+        self.sent += len;
+        Ok(())
+    }
+}

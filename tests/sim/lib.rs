@@ -818,7 +818,13 @@ impl Sim {
         let round_trip = (self.p.latency + self.p.jitter) * 2 + Duration::from_millis(1);
         let per_round_trip = scenario::goodput(self.p.window, u64::from(c.transfer_batch_size()));
         let windows = behind / per_round_trip + 2;
-        let transfer = round_trip * windows.min(u64::from(u32::MAX)) as u32;
+        let mut transfer = round_trip * windows.min(u64::from(u32::MAX)) as u32;
+        if let Some(rate) = c.rate_limit() {
+            // Every slave may fetch the whole log, headers included, at the limit.
+            let batch = u64::from(c.transfer_batch_size());
+            let bytes = behind + behind / batch * 12 + batch + 24;
+            transfer += Duration::from_secs_f64(bytes as f64 / rate.get() as f64);
+        }
         c.housekeeping_interval() * 2
             + (c.reconnect_backoff_max() + c.connect_timeout()) * 2
             + c.heartbeat_interval() * 2

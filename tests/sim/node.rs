@@ -793,6 +793,8 @@ pub struct MasterConn {
     pub lp: MasterLoop,
     /// Whether the frame being written was checked already (frames are checked once, whole).
     out_checked: bool,
+    /// Bytes handed out over time, for the flow-control check.
+    flow: check::FlowWindow,
     /// Where the next frame must start (from `Started`, then each frame's end).
     next: Option<u64>,
     /// The most body bytes the next data frame may carry (`first_batch_size`, doubling per
@@ -893,6 +895,7 @@ impl MasterNode {
                 slave,
                 lp: MasterLoop::new(self.config, now),
                 out_checked: false,
+                flow: check::FlowWindow::new(now),
                 next: None,
                 frame_limit: self
                     .config
@@ -949,6 +952,7 @@ impl MasterNode {
                 Read::Data(bytes) => {
                     let now = Self::now(cx);
                     let conn = self.conns.get_mut(&link).expect("live connection");
+                    conn.flow.saw(now);
                     let result = conn.lp.handle_read(now, &bytes, &self.log);
                     check::master_buffer_bounded(conn.lp.connection().buffered_len())?;
                     if let Err(e) = result {
@@ -970,6 +974,7 @@ impl MasterNode {
         let now = Self::now(cx);
         let conn = self.conns.get_mut(&link).expect("live connection");
         if conn.lp.poll_timeout().is_some_and(|t| t <= now) || cx.entropy.chance(20) {
+            conn.flow.saw(now);
             if let Err(e) = conn.lp.handle_timeout(now) {
                 return self.conn_error(cx, link, e);
             }
@@ -1036,6 +1041,7 @@ impl MasterNode {
             let Some(conn) = self.conns.get_mut(&link) else {
                 return Ok(());
             };
+            conn.flow.saw(now);
             let t = match conn.lp.poll_write(now, &self.log) {
                 Ok(None) => return Ok(()),
                 Ok(Some(t)) => t,
@@ -1044,6 +1050,9 @@ impl MasterNode {
             if !conn.out_checked {
                 conn.out_checked = true;
                 let header = t.header();
+                let burst = u64::from(self.config.transfer_batch_size()) + 24;
+                let rate = self.config.rate_limit().map(|r| r.get());
+                conn.flow.frame(rate, burst, now, t.remaining() as u64)?;
                 check::frame_is_contiguous_and_bounded(
                     cx.history,
                     &self.log,
@@ -1073,6 +1082,7 @@ impl MasterNode {
                 .write(link, End::Master, cx.now, t.chunk(), cx.entropy);
             match written {
                 Write::Written(n) => {
+                    conn.flow.saw(now);
                     let result = conn.lp.handle_written(now, n);
                     if !conn.lp.connection().is_transmitting() {
                         conn.out_checked = false;

@@ -285,6 +285,10 @@ impl Params {
                 .local_failure_backoff_initial(initial)
                 .local_failure_backoff_max(max);
         }
+        if e.chance(300) {
+            // Flow control (§3.9): from a trickle to more than the workload needs.
+            b = b.rate_limit(std::num::NonZeroU64::new(e.log_range(1024, 64 << 20)));
+        }
         let config = b.build().expect("drawn configuration is valid");
 
         let fault_phase = e.duration(Duration::from_secs(5), Duration::from_secs(60));

@@ -147,8 +147,10 @@ fn writer<L: LogSource>(
     let log = conn.master().log();
     // The frame is cloned out of the loop (a reference count, not the bytes) so the lock is
     // not held while the socket blocks.
-    let poll = || -> Result<_, Error> {
+    let mut rate_seen = None;
+    let mut poll = || -> Result<_, Error> {
         let mut m = lock(machine);
+        conn.apply_rate_limit(&mut m, &mut rate_seen);
         let transmit = m.poll_write(Instant::now(), &*log.read())?.cloned();
         Ok((transmit, m.poll_timeout()))
     };

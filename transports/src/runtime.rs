@@ -112,7 +112,9 @@ async fn master_loop<R: Runtime, L: LogSource>(
     let mut reading = std::pin::pin!(None);
     let mut spare: Option<Reports> = Some(Box::new([0; 1024]));
     let mut alarm = None;
+    let mut rate_seen = None;
     loop {
+        conn.apply_rate_limit(&mut lp, &mut rate_seen);
         let mut grew = None;
         let mut pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
         if pending.is_none() {

@@ -3,16 +3,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
 use futures_lite::FutureExt;
+use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{
-    Config, ConnectionId, LogError, LogSink, MasterEvent, MasterLoop, MasterService, SyncError,
-    Ticket,
+    AckPolicy, Config, ConnectionId, ConnectionState, LogError, LogSink, MasterEvent, MasterLoop,
+    MasterService, SyncError, Ticket,
 };
 
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
@@ -30,6 +32,8 @@ pub struct SlaveInfo {
     pub requested: Option<u64>,
     /// The slave's last acknowledged offset, once it reported.
     pub acked: Option<u64>,
+    /// The connection's state (§3.10): `Transfer` while it is listed.
+    pub state: ConnectionState,
 }
 
 /// A slave connection that ended, and why.
@@ -62,10 +66,15 @@ struct MasterInner<L> {
     /// Fires on acks, completed waits, and connections opening or closing.
     changed: Event,
     stop: Stop,
+    /// Changes whenever the rate limit or the number of connections does (a shared limit is
+    /// split among them): connection loops compare it without taking the lock.
+    rate_generation: AtomicU64,
 }
 
 struct MasterState {
     service: MasterService,
+    /// The flow-control setting.
+    rate_limit: Option<RateLimit>,
     peers: BTreeMap<ConnectionId, (SocketAddr, Option<u64>)>,
     /// Completed waits not yet collected by their waiter.
     done: HashMap<Ticket, Result<(), SyncError>>,
@@ -115,6 +124,7 @@ impl<L> MasterHandle<L> {
                 config,
                 state: Mutex::new(MasterState {
                     service: MasterService::new(config, Instant::now()),
+                    rate_limit: config.rate_limit().map(RateLimit::PerConnection),
                     peers: BTreeMap::new(),
                     done: HashMap::new(),
                     abandoned: HashSet::new(),
@@ -122,6 +132,7 @@ impl<L> MasterHandle<L> {
                 }),
                 changed: Event::new(),
                 stop: Stop::default(),
+                rate_generation: AtomicU64::new(0),
             }),
         }
     }
@@ -147,6 +158,7 @@ impl<L> MasterHandle<L> {
                 peer,
                 requested,
                 acked: state.service.ack_of(id),
+                state: ConnectionState::Transfer,
             })
             .collect()
     }
@@ -179,8 +191,10 @@ impl<L> MasterHandle<L> {
         .is_some()
     }
 
-    /// Blocks until `acks` slaves acknowledged `offset` (`Ok`), `deadline` passed
-    /// ([`SyncError::Timeout`]) or the master shut down ([`SyncError::Shutdown`]).
+    /// Blocks until the slaves `acks` asks for acknowledged `offset` (`Ok`), `deadline` passed
+    /// ([`SyncError::Timeout`]), the policy failed the write at once
+    /// ([`SyncError::SlaveNotAvailable`], [`SyncError::NotEnoughInSync`]) or the master shut
+    /// down ([`SyncError::Shutdown`]). `acks` is an [`AckPolicy`], or a number of slaves.
     ///
     /// Every answer comes from the [`MasterService`]: a waiting thread sleeps until the
     /// service's next deadline ([`MasterService::poll_timeout`], which may be another wait's)
@@ -189,10 +203,10 @@ impl<L> MasterHandle<L> {
     pub fn wait_replicated_blocking(
         &self,
         offset: u64,
-        acks: usize,
+        acks: impl Into<AckPolicy>,
         deadline: Instant,
     ) -> Result<(), SyncError> {
-        let mut wait = self.start_wait(offset, acks, deadline);
+        let mut wait = self.start_wait(offset, acks.into(), deadline);
         loop {
             let next = wait.service_deadline();
             if let Some(result) = block_until(&self.inner.changed, next, || wait.poll()) {
@@ -208,11 +222,11 @@ impl<L> MasterHandle<L> {
     pub async fn wait_replicated_with<F: Future<Output = ()>>(
         &self,
         offset: u64,
-        acks: usize,
+        acks: impl Into<AckPolicy>,
         deadline: Instant,
         sleep_until: impl Fn(Instant) -> F,
     ) -> Result<(), SyncError> {
-        let mut wait = self.start_wait(offset, acks, deadline);
+        let mut wait = self.start_wait(offset, acks.into(), deadline);
         loop {
             let next = wait.service_deadline();
             let completed = async { Some(until(&self.inner.changed, || wait.poll()).await) }
@@ -228,11 +242,11 @@ impl<L> MasterHandle<L> {
         }
     }
 
-    fn start_wait(&self, offset: u64, acks: usize, deadline: Instant) -> Wait<'_, L> {
+    fn start_wait(&self, offset: u64, policy: AckPolicy, deadline: Instant) -> Wait<'_, L> {
         let mut state = lock(&self.inner.state);
         let ticket = state
             .service
-            .wait_for(Instant::now(), offset, acks, deadline);
+            .wait_with(Instant::now(), offset, &policy, deadline);
         state.settle();
         drop(state);
         self.inner.changed.notify(usize::MAX);
@@ -240,6 +254,55 @@ impl<L> MasterHandle<L> {
             master: self,
             ticket,
             collected: false,
+        }
+    }
+
+    /// Sets or lifts flow control (§3.9) on every connection, including the running ones: an
+    /// operator raises the limit while a slave catches up. A [`RateLimit::Shared`] limit is
+    /// split evenly among the live connections, again whenever one opens or closes.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        let mut state = lock(&self.inner.state);
+        state.rate_limit = limit;
+        self.inner.rate_generation.fetch_add(1, Ordering::SeqCst);
+        drop(state);
+        // Idle connection loops wait on the log; wake them to take the new limit.
+        self.inner.log.notify();
+    }
+
+    /// The flow-control setting in force.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        lock(&self.inner.state).rate_limit
+    }
+
+    /// Blocks until a connection from `ip` reaches `state`, or `deadline` passes (Java's
+    /// `HAConnectionStateNotificationService`): [`ConnectionState::Transfer`] once one is
+    /// connected, [`ConnectionState::Shutdown`] once none is. Returns whether it did.
+    pub fn wait_for_connection_state_blocking(
+        &self,
+        ip: IpAddr,
+        state: ConnectionState,
+        deadline: Instant,
+    ) -> bool {
+        self.wait_until_blocking(deadline, |m| m.connection_state_of(ip) == state)
+    }
+
+    /// The async form of
+    /// [`wait_for_connection_state_blocking`](Self::wait_for_connection_state_blocking),
+    /// without a deadline (race it with a timer).
+    pub async fn wait_for_connection_state(&self, ip: IpAddr, state: ConnectionState) {
+        until(&self.inner.changed, || {
+            (self.connection_state_of(ip) == state).then_some(())
+        })
+        .await
+    }
+
+    /// The state of the connections from `ip`: `Transfer` if one is live, else `Shutdown`.
+    pub fn connection_state_of(&self, ip: IpAddr) -> ConnectionState {
+        let state = lock(&self.inner.state);
+        if state.peers.values().any(|(peer, _)| peer.ip() == ip) {
+            ConnectionState::Transfer
+        } else {
+            ConnectionState::Shutdown
         }
     }
 
@@ -276,6 +339,7 @@ impl<L> MasterHandle<L> {
             }
             let id = state.service.register(Instant::now());
             state.peers.insert(id, (peer, None));
+            self.inner.rate_generation.fetch_add(1, Ordering::SeqCst);
             id
         };
         self.inner.changed.notify(usize::MAX);
@@ -300,7 +364,7 @@ impl<L: LogSink> MasterHandle<L> {
     pub fn append_replicated_blocking(
         &self,
         data: impl Into<Bytes>,
-        acks: usize,
+        acks: impl Into<AckPolicy>,
         timeout: Duration,
     ) -> Result<u64, Error> {
         let end = self.append(data)?;
@@ -372,6 +436,22 @@ impl<L> ConnectionGuard<L> {
         MasterLoop::new(self.master.inner.config, Instant::now())
     }
 
+    /// Gives the loop the rate limit in force when it changed since `seen` (a generation);
+    /// the split of a shared limit is the core's [`RateLimit::per_connection`].
+    pub(crate) fn apply_rate_limit(&self, machine: &mut MasterLoop, seen: &mut Option<u64>) {
+        let generation = self.master.inner.rate_generation.load(Ordering::SeqCst);
+        if *seen == Some(generation) {
+            return;
+        }
+        *seen = Some(generation);
+        let state = lock(&self.master.inner.state);
+        let rate = state
+            .rate_limit
+            .map(|limit| limit.per_connection(state.peers.len()));
+        drop(state);
+        machine.set_rate_limit(Instant::now(), rate);
+    }
+
     /// Forwards the loop's events to the service and wakes waiters (run-loop step 2).
     pub(crate) fn forward(&self, machine: &mut MasterLoop) {
         let Some(mut event) = machine.poll_event() else {
@@ -410,6 +490,10 @@ impl<L> Drop for ConnectionGuard<L> {
             let mut state = lock(&self.master.inner.state);
             state.service.remove(self.id, Instant::now());
             state.peers.remove(&self.id);
+            self.master
+                .inner
+                .rate_generation
+                .fetch_add(1, Ordering::SeqCst);
             if state.closed.len() == HISTORY {
                 state.closed.pop_front();
             }

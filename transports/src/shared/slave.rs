@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rocketmq_ha::{
-    ClientError, ClientEvent, Config, LogSink, PendingReport, SlaveLoop, REJECTIONS_TO_REPORT,
+    ClientError, ClientEvent, Config, ConnectionState, LogSink, PendingReport, SlaveLoop,
+    REJECTIONS_TO_REPORT,
 };
 
-use super::{block_until, lock, SharedLog, Stop, HISTORY};
+use super::{block_until, lock, until, SharedLog, Stop, HISTORY};
 use crate::Error;
 
 /// What a slave driver has done so far.
@@ -36,6 +37,9 @@ pub struct SlaveStatus {
     /// Whether the master is rejecting this slave: it closed the last few connections right
     /// after the slave's report without sending anything ([`Error::Rejected`] says why).
     pub rejected: bool,
+    /// The connection's state (§3.10): `Ready`, `Transfer` while connected, `Shutdown` once
+    /// the handle was shut down.
+    pub state: ConnectionState,
 }
 
 /// The slave's shared state, given to a driver and kept by the user: the local commit log, the
@@ -142,8 +146,28 @@ impl<L> SlaveHandle<L> {
 
     /// Stops the slave: closes its connection and makes its driver return. Idempotent.
     pub fn shutdown(&self) {
+        {
+            let mut state = lock(&self.inner.state);
+            state.status.connected = false;
+            state.status.state = ConnectionState::Shutdown;
+        }
         self.inner.stop.trigger();
         self.inner.log.notify();
+    }
+
+    /// Blocks until the slave's connection reaches `state`, or `deadline` passes; returns
+    /// whether it did (Java's `HAConnectionStateNotificationService`, §3.10).
+    pub fn wait_for_state_blocking(&self, state: ConnectionState, deadline: Instant) -> bool {
+        self.wait_until_blocking(deadline, |s| s.status().state == state)
+    }
+
+    /// The async form of [`wait_for_state_blocking`](Self::wait_for_state_blocking), without
+    /// a deadline (race it with a timer).
+    pub async fn wait_for_state(&self, state: ConnectionState) {
+        until(self.inner.log.changed(), || {
+            (self.status().state == state).then_some(())
+        })
+        .await
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
@@ -302,6 +326,7 @@ impl<L: LogSink> SlaveDriver<L> {
     fn sync_status(&self, error: Option<Error>) {
         let connected = self.lp.is_connected();
         let client = self.lp.client();
+        let connection_state = client.connection_state();
         let (local_failures, rejected) = (
             client.local_failures(),
             client.rejections() >= REJECTIONS_TO_REPORT,
@@ -318,6 +343,9 @@ impl<L: LogSink> SlaveDriver<L> {
             status.connected = connected;
             status.local_failures = local_failures;
             status.rejected = rejected;
+            if status.state != ConnectionState::Shutdown {
+                status.state = connection_state;
+            }
             let recorded = error.is_some();
             if let Some(error) = error {
                 status.failures += 1;
