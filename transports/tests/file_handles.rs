@@ -25,7 +25,7 @@ fn appending_128_segments_needs_no_descriptor_per_segment() {
     const SEGMENT: u64 = 64 * 1024;
     const SEGMENTS: u64 = 128;
     const LIMIT: u64 = 24;
-    assert!(SEGMENT >= MIN_SEGMENT_SIZE);
+    const { assert!(SEGMENT >= MIN_SEGMENT_SIZE) };
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("file_handles-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
