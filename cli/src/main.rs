@@ -4,6 +4,7 @@
 mod bench;
 mod progress;
 mod seconds;
+mod signals;
 mod size;
 
 use std::collections::HashMap;
@@ -17,12 +18,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use rocketmq_ha::{Config, ConnectionId, LogSource, StartPosition};
-use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
-use rocketmq_ha_transports::{MasterHandle, Running, SlaveHandle, Transport};
+use rocketmq_ha_transports::file_log::{compare_logs, FileLog, FlushMode, Flusher};
+use rocketmq_ha_transports::{MasterHandle, Running, SharedLog, SlaveHandle, Transport};
 
 use progress::{Progress, Rate};
 use seconds::Seconds;
-use size::{mb_per_s, Human, Size};
+use size::{mb_per_s, Human, SegmentSize, Size};
 
 /// Apache RocketMQ master/slave commit log replication (HA), wire-compatible with RocketMQ's
 /// classic HA protocol (4.x, and 5.x outside controller mode).
@@ -78,9 +79,9 @@ struct MasterArgs {
     /// Store directory, holding `commitlog/`; created empty if missing.
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Segment (mapped file) size of the store; slaves must use the same.
+    /// Segment (mapped file) size of the store, 4KiB to 64GiB; slaves must use the same.
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
-    segment_size: Size,
+    segment_size: SegmentSize,
     /// Driver to use.
     #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
@@ -118,15 +119,23 @@ struct SlaveArgs {
     /// Store directory, holding `commitlog/`; created empty if missing.
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
-    /// Segment (mapped file) size of the store; must equal the master's.
+    /// Segment (mapped file) size of the store, 4KiB to 64GiB; must equal the master's (an
+    /// existing store of another size is refused).
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
-    segment_size: Size,
+    segment_size: SegmentSize,
     /// Driver to use.
     #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
     /// Exit successfully once the local log reaches this offset (sizes like 512MiB work too).
     #[arg(long, value_name = "OFFSET")]
     until: Option<Size>,
+    /// Make received data durable (fdatasync, checkpoint) before acknowledging it, so that an
+    /// ack means "on the slave's disk", which RocketMQ never promises. Without it the store is
+    /// flushed as RocketMQ flushes (every 0.5 s if 16 KiB are new, at least every 10 s), and an
+    /// ack means "in the slave's page cache": it survives the slave being killed, not a power
+    /// loss.
+    #[arg(long)]
+    flush_before_ack: bool,
 }
 
 #[derive(clap::Args)]
@@ -134,9 +143,9 @@ struct DemoArgs {
     /// How much data to generate and replicate.
     #[arg(long, value_name = "SIZE", default_value = "256MiB")]
     bytes: Size,
-    /// Segment size of both stores (small, so replication crosses segments).
+    /// Segment size of both stores, 4KiB to 64GiB (small, so replication crosses segments).
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
-    segment_size: Size,
+    segment_size: SegmentSize,
     /// Driver to use.
     #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
@@ -193,7 +202,7 @@ fn config(batch: Size, first: Size, start: StartPosition) -> Result<Config, Fail
         .context("invalid settings")
 }
 
-fn open_store(path: &Path, segment_size: Size) -> Result<FileLog, Failure> {
+fn open_store(path: &Path, segment_size: SegmentSize) -> Result<FileLog, Failure> {
     FileLog::open_or_create(path, segment_size.0)
         .context(format_args!("opening store {}", path.display()))
 }
@@ -214,6 +223,9 @@ fn master(args: MasterArgs) -> Result<(), Failure> {
     );
     let transport = Transport::from(args.transport);
     let master = MasterHandle::new(log, config);
+    // RocketMQ's flush service: the store is made durable every 0.5 s (FlushPolicy::ROCKETMQ).
+    let flusher = Flusher::spawn(master.log().clone()).context("starting the flusher")?;
+    signals::install();
     let server = transport
         .spawn_master(args.listen, master.clone())
         .context(format_args!("listening on {}", args.listen))?;
@@ -243,20 +255,39 @@ fn master(args: MasterArgs) -> Result<(), Failure> {
         }
         if Instant::now() >= next_status {
             next_status += interval;
-            if appended > 0 {
-                // Bound what a machine crash can lose to one status interval of appends.
-                master
-                    .log()
-                    .update(FileLog::sync)
-                    .context("syncing the store")?;
-            }
             report_slaves(&master, &mut rates, started);
         }
+        if flusher.is_finished() {
+            let error = flusher.stop().err();
+            let _ = server.shutdown();
+            return Err(Failure(match error {
+                Some(e) => format!("flushing the store: {e}"),
+                None => "the flusher stopped".into(),
+            }));
+        }
+        if let Some(signal) = signals::stop_requested() {
+            eprintln!("{signal}: stopping");
+            server.shutdown().context("stopping the master")?;
+            break;
+        }
         if server.is_finished() {
-            return server.shutdown().context("the master stopped");
+            let result = server.shutdown().context("the master stopped");
+            let flushed = stop_and_sync(flusher, master.log());
+            return result.and(flushed.map(|_| ()));
         }
         thread::sleep(Duration::from_millis(50));
     }
+    let synced = stop_and_sync(flusher, master.log())?;
+    eprintln!("store synced up to offset {synced}");
+    Ok(())
+}
+
+/// Stops the flusher and syncs the store, for a clean stop: afterwards a machine crash loses
+/// nothing. Returns the synced offset.
+fn stop_and_sync(flusher: Flusher, log: &SharedLog<FileLog>) -> Result<u64, Failure> {
+    flusher.stop().context("flushing the store")?;
+    log.update(|log| log.sync().map(|()| log.synced_offset()))
+        .context("syncing the store")
 }
 
 fn report_slaves(
@@ -294,37 +325,80 @@ fn slave(args: SlaveArgs) -> Result<(), Failure> {
         .context(format_args!("resolving {}", args.master))?
         .next()
         .ok_or_else(|| Failure(format!("{} resolves to no address", args.master)))?;
-    let log = open_store(&args.store, args.segment_size)?;
+    let mut log = open_store(&args.store, args.segment_size)?;
+    if args.flush_before_ack {
+        log.set_flush_mode(FlushMode::EveryAppend)
+            .context("syncing the store")?;
+    }
     let transport = Transport::from(args.transport);
     eprintln!(
-        "store {}: ends at {}; replicating from {addr} ({transport} transport)",
+        "store {}: ends at {}, synced up to {}; replicating from {addr} ({transport} transport{})",
         args.store.display(),
-        log.max_offset()
+        log.max_offset(),
+        log.synced_offset(),
+        if args.flush_before_ack {
+            ", acking only what is on disk"
+        } else {
+            ""
+        }
     );
     let slave = SlaveHandle::new(addr, log, Config::default());
+    // With --flush-before-ack every append syncs and the flusher finds nothing to do.
+    let flusher = Flusher::spawn(slave.log().clone()).context("starting the flusher")?;
+    signals::install();
     let running = transport
         .spawn_slave(slave.clone())
         .context("starting the slave")?;
     let until = args.until.map(|u| u.0);
-    follow(&slave, &running, until, "slave")?;
-    running.shutdown().context("stopping the slave")?;
-    slave
-        .log()
-        .update(FileLog::sync)
-        .context("syncing the store")?;
-    println!("reached offset {}", slave.log().max_offset());
-    Ok(())
+    let outcome = follow(&slave, &running, until, "slave", Some(&flusher));
+    let stopped = running.shutdown().context("stopping the slave");
+    let synced = stop_and_sync(flusher, slave.log());
+    // A failed flush is the first thing to report: the flusher's end is only its symptom.
+    let synced = synced?;
+    let outcome = outcome?;
+    stopped?;
+    let max = slave.log().max_offset();
+    match (outcome, until) {
+        (Followed::FlusherEnded, _) => Err(Failure("the flusher stopped".into())),
+        (Followed::Reached, _) => {
+            println!("reached offset {max}; synced up to {synced}");
+            Ok(())
+        }
+        (Followed::Stopped(signal), Some(until)) => Err(Failure(format!(
+            "stopped by {signal} at offset {max} before reaching {until}; synced up to {synced}"
+        ))),
+        (Followed::Stopped(signal), None) => {
+            println!("stopped by {signal} at offset {max}; synced up to {synced}");
+            Ok(())
+        }
+    }
 }
 
-/// Shows progress until the slave's log reaches `until` (forever without it).
+/// How [`follow`] ended.
+enum Followed {
+    /// The log reached the offset asked for.
+    Reached,
+    /// A signal asked the program to stop.
+    Stopped(&'static str),
+    /// The flusher ended: a flush failed (stopping it returns the error).
+    FlusherEnded,
+}
+
+/// Shows progress until the slave's log reaches `until` (forever without it), a signal asks to
+/// stop, or the driver or the `flusher` fails.
 fn follow(
     slave: &SlaveHandle<FileLog>,
     running: &Running,
     until: Option<u64>,
     label: &'static str,
-) -> Result<(), Failure> {
+    flusher: Option<&Flusher>,
+) -> Result<Followed, Failure> {
     let mut progress = Progress::new(label, until);
     let mut rate = Rate::new(Duration::from_secs(3), slave.log().max_offset());
+    let segment_size = slave.log().read().segment_size();
+    // An empty store takes its start from the master's first frame, which is always at the
+    // start of one of the master's segments (README, "Behaviour we choose").
+    let mut check_start = slave.log().read().min_offset() == slave.log().max_offset();
     loop {
         let tick = Instant::now() + Duration::from_millis(200);
         let reached =
@@ -332,7 +406,21 @@ fn follow(
         for error in slave.take_errors() {
             progress.message(&format!("connection to {}: {error}", slave.master()));
         }
-        let max = slave.log().max_offset();
+        let (min, max) = {
+            let log = slave.log().read();
+            (log.min_offset(), log.max_offset())
+        };
+        if check_start && max > min {
+            check_start = false;
+            if min % segment_size != 0 {
+                progress.message(&format!(
+                    "warning: the master's first byte for this store is at offset {min}, which is \
+                     not on a boundary of --segment-size {segment_size}: the master most likely \
+                     uses another segment size. Replication stays byte-exact, but the two stores' \
+                     files do not line up (see the README)"
+                ));
+            }
+        }
         let status = slave.status();
         // The reasons were printed as they happened; the state says which one still holds.
         let state = if status.connected {
@@ -354,11 +442,19 @@ fn follow(
         progress.show(max, rate.sample(max), &note);
         if reached {
             progress.finish();
-            return Ok(());
+            return Ok(Followed::Reached);
+        }
+        if let Some(signal) = signals::stop_requested() {
+            progress.finish();
+            return Ok(Followed::Stopped(signal));
         }
         if running.is_finished() {
             progress.finish();
             return Err(Failure("the slave driver stopped unexpectedly".into()));
+        }
+        if flusher.is_some_and(Flusher::is_finished) {
+            progress.finish();
+            return Ok(Followed::FlusherEnded);
         }
     }
 }
@@ -408,7 +504,7 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     let client = transport
         .spawn_slave(slave.clone())
         .context("starting the slave")?;
-    follow(&slave, &client, Some(total), "replicate")?;
+    follow(&slave, &client, Some(total), "replicate", None)?;
     let elapsed = started.elapsed().as_secs_f64();
     client.shutdown().context("stopping the slave")?;
     server.shutdown().context("stopping the master")?;

@@ -47,6 +47,36 @@ impl std::str::FromStr for Size {
     }
 }
 
+/// A commit log segment size: a [`Size`] within what the file log accepts (one page to
+/// 64 GiB), so that a bad `--segment-size` is a usage error naming the option, not a failure
+/// (`ENOMEM`, "too many open files") once the store is in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSize(pub u64);
+
+impl std::str::FromStr for SegmentSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        use rocketmq_ha_transports::file_log::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+        let Size(size) = text.parse()?;
+        if size < MIN_SEGMENT_SIZE {
+            return Err(format!(
+                "{} is below one page: a segment holds at least {MIN_SEGMENT_SIZE} bytes",
+                Human(size)
+            ));
+        }
+        if size > MAX_SEGMENT_SIZE {
+            return Err(format!(
+                "{} is too large: a segment is mapped into memory whole, so at most {} \
+                 (RocketMQ's default is 1 GiB)",
+                Human(size),
+                Human(MAX_SEGMENT_SIZE)
+            ));
+        }
+        Ok(SegmentSize(size))
+    }
+}
+
 /// Formats a byte count for people: `1.50 GiB`, `12.0 MiB`, `512 B`.
 pub struct Human(pub u64);
 
@@ -105,6 +135,24 @@ mod tests {
             .parse::<Size>()
             .unwrap_err()
             .contains("64 bits"));
+    }
+
+    #[test]
+    fn segment_sizes_are_one_page_to_64_gib() {
+        assert_eq!("4096".parse(), Ok(SegmentSize(4096)));
+        assert_eq!("1GiB".parse(), Ok(SegmentSize(1 << 30)));
+        assert_eq!("64GiB".parse(), Ok(SegmentSize(64 << 30)));
+        for (text, reason) in [
+            ("0", "below one page"),
+            ("1000", "below one page"),
+            ("4095", "below one page"),
+            ("64GiB1", "unknown size unit"),
+            ("68719476737", "too large"),
+            ("100TiB", "too large"),
+        ] {
+            let err = text.parse::<SegmentSize>().unwrap_err();
+            assert!(err.contains(reason), "{text}: {err}");
+        }
     }
 
     #[test]

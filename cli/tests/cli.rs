@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rocketmq_ha::LogSource;
-use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
+use rocketmq_ha_transports::file_log::{compare_logs, FileLog, CHECKPOINT_FILE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rocketmq-ha");
 
@@ -144,8 +144,51 @@ fn bad_input_gets_a_readable_error() {
     let (ok, _, stderr) = run(&["demo", "--bytes", "12parsecs"]);
     assert!(!ok);
     assert!(stderr.contains("unknown size unit"), "{stderr}");
+}
 
+/// Segment sizes below a page or above 64 GiB are usage errors naming the option and the
+/// reason, for every command that takes one; nothing starts and no store is created.
+#[test]
+fn segment_size_is_checked_before_anything_starts() {
     let store = TempStore::new("bad-segment");
+    for (value, reason) in [
+        ("0", "below one page"),
+        ("1000", "below one page"),
+        ("100TiB", "too large"),
+        ("65GiB", "too large"),
+    ] {
+        for command in [
+            vec!["slave", "--master", "127.0.0.1:1", "--store", store.path()],
+            vec!["master", "--listen", "127.0.0.1:0", "--store", store.path()],
+            vec!["demo"],
+            vec!["bench"],
+        ] {
+            let mut child = Command::new(BIN);
+            child.args(&command).args(["--segment-size", value]);
+            let (code, stderr) = exit_code_and_stderr(child);
+            assert_eq!(code, Some(2), "{command:?} {value}: {stderr}");
+            assert!(
+                stderr.contains("--segment-size") && stderr.contains(reason),
+                "{command:?} {value}: {stderr}"
+            );
+            assert!(
+                !store.0.exists(),
+                "{command:?} {value}: a store was created"
+            );
+        }
+    }
+}
+
+/// A slave store made with one segment size, reopened with another: refused at open, naming
+/// both sizes.
+#[test]
+fn a_store_of_another_segment_size_is_refused_naming_both() {
+    let store = TempStore::new("other-size");
+    {
+        let mut log = FileLog::create(store.path(), 1 << 20).unwrap();
+        log.append_at_end(&[7; 3 << 20]).unwrap();
+        log.close().unwrap();
+    }
     let (ok, _, stderr) = run(&[
         "slave",
         "--master",
@@ -153,11 +196,12 @@ fn bad_input_gets_a_readable_error() {
         "--store",
         store.path(),
         "--segment-size",
-        "0",
+        "4MiB",
     ]);
     assert!(!ok);
     assert!(
-        stderr.starts_with("rocketmq-ha: error: opening store") && stderr.contains("segment size"),
+        stderr.starts_with("rocketmq-ha: error: opening store")
+            && stderr.contains("segment size 1048576, not 4194304"),
         "{stderr}"
     );
 }
@@ -287,6 +331,109 @@ fn slave_until_exits_once_it_has_the_masters_bytes() {
         comparison.a.start, 0,
         "the slave replicated from the oldest byte"
     );
+}
+
+/// The store's checkpoint's `synced_max`: what survives a machine crash.
+fn synced_max(store: &str) -> u64 {
+    let text = std::fs::read_to_string(PathBuf::from(store).join(CHECKPOINT_FILE)).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("synced_max "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A slave without `--until` flushes its store as RocketMQ does while it runs (the checkpoint
+/// advances without any stop), and SIGTERM (or Ctrl-C's SIGINT) stops it cleanly: exit 0, every
+/// byte it holds synced. Both sides, with and without `--flush-before-ack`.
+#[test]
+fn master_and_slave_flush_while_running_and_sync_on_sigterm() {
+    for (signal_name, flush_before_ack) in [("TERM", false), ("INT", true)] {
+        let master_store = TempStore::new("flush-master");
+        let slave_store = TempStore::new("flush-slave");
+        let mut master = KillOnDrop(
+            Command::new(BIN)
+                .args(["master", "--listen", "127.0.0.1:0", "--from-oldest"])
+                .args(["--store", master_store.path(), "--segment-size", "1MiB"])
+                .args(["--append-rate", "4MiB", "--status-interval", "0.1"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let addr = listening_address(&mut master.0);
+        let mut slave = Command::new(BIN);
+        slave
+            .args(["slave", "--master", &addr.to_string()])
+            .args(["--store", slave_store.path(), "--segment-size", "1MiB"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if flush_before_ack {
+            slave.arg("--flush-before-ack");
+        }
+        let mut slave = KillOnDrop(slave.spawn().unwrap());
+
+        // Both checkpoints advance past a few segments while the processes run.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let checkpoint = PathBuf::from(slave_store.path()).join(CHECKPOINT_FILE);
+        while !checkpoint.exists()
+            || synced_max(slave_store.path()) < 3 << 20
+            || synced_max(master_store.path()) < 3 << 20
+        {
+            assert!(Instant::now() < deadline, "the checkpoints never advanced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+
+        signal(&slave.0, signal_name);
+        let mut out = String::new();
+        slave
+            .0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = slave.0.wait().unwrap();
+        let mut err = String::new();
+        slave
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(status.success(), "{out}\n{err}");
+        assert!(
+            out.contains(&format!("stopped by SIG{signal_name}")),
+            "{out}"
+        );
+        assert_eq!(
+            flush_before_ack,
+            err.contains("acking only what is on disk"),
+            "{err}"
+        );
+        let log = FileLog::open(slave_store.path(), 1 << 20).unwrap();
+        assert_eq!(log.synced_offset(), log.max_offset(), "{out}");
+        assert!(
+            out.contains(&format!("synced up to {}", log.max_offset())),
+            "{out}"
+        );
+        drop(log);
+
+        signal(&master.0, "TERM");
+        let status = master.0.wait().unwrap();
+        assert!(status.success(), "master: {status}");
+        let log = FileLog::open(master_store.path(), 1 << 20).unwrap();
+        assert_eq!(log.synced_offset(), log.max_offset());
+    }
 }
 
 /// Reads the master's stderr until it says where it listens.

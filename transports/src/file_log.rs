@@ -42,17 +42,36 @@
 //! appended: reopening recovers the max offset from them, and a slave resumes byte-identical.
 //!
 //! *Machine crash (power loss, kernel panic).* The page cache is gone, and some file systems
-//! leave files longer than the data that reached the disk. Only what [`FileLog::sync`] made
-//! durable is trusted then. `sync` fdatasyncs the segments written since the last sync, fsyncs
-//! `commitlog/` if files were created, and only then records the synced offset in the
-//! checkpoint; the checkpoint is replaced atomically (temporary file, fsync, rename, directory
-//! fsync). It therefore never claims bytes that are not on disk. The checkpoint also records the
-//! kernel's boot id (Linux: `/proc/sys/kernel/random/boot_id`). On open, a boot id other than the
-//! running kernel's means the machine went down since: the max offset is then
-//! `min(synced offset, end of the files)`, and the files are cut back to it. With the same boot
-//! id (or none known, as on other systems or for a store without our checkpoint), the file
-//! lengths are trusted as above. Call [`FileLog::sync`] periodically and [`FileLog::close`] on
-//! shutdown: after a reboot, whatever was not synced is simply replicated again.
+//! leave files longer than the data that reached the disk. Only what was flushed is trusted
+//! then. A flush fdatasyncs the tail segment, fsyncs `commitlog/` if files were created, and
+//! only then records the synced offset in the checkpoint; the checkpoint is replaced atomically
+//! (temporary file, fsync, rename, directory fsync). It therefore never claims bytes that are
+//! not on disk. The checkpoint also records the kernel's boot id (Linux:
+//! `/proc/sys/kernel/random/boot_id`). On open, a boot id other than the running kernel's means
+//! the machine went down since: the max offset is then `min(synced offset, end of the files)`,
+//! and the files are cut back to it. With the same boot id (or none known, as on other systems
+//! or for a store without our checkpoint), the file lengths are trusted as above, and whatever
+//! an earlier process left unsynced is fsynced at once, so that a later checkpoint may claim it.
+//!
+//! # Durability: when appends are flushed
+//! The [`FlushMode`] says when (see its variants); in every mode, [`FileLog::sync`],
+//! [`FileLog::close`], dropping the log (best effort) and the roll to a new segment flush.
+//! - [`FlushMode::Periodic`] (the default, RocketMQ's `ASYNC_FLUSH`): a [`FlushPolicy`] (500 ms,
+//!   4 pages, 10 s by default) decides at the times the caller hands to
+//!   [`FileLog::maybe_flush`] or [`FileLog::prepare_flush`]; [`FileLog::flush_due`] says when to
+//!   call next. The log reads no clock itself. [`Flusher`] is a thread that does this for a log
+//!   shared as a [`SharedLog`](crate::SharedLog), flushing outside the log's lock
+//!   ([`PendingFlush`]) so appends are not held up by the disk.
+//! - [`FlushMode::EveryAppend`]: every append returns only once it is durable and checkpointed.
+//! - [`FlushMode::Manual`]: only the explicit calls above.
+//!
+//! [`FileLog::synced_offset`] is what a machine crash cannot take away.
+//!
+//! # Open files
+//! Only the tail segment (the one appended to) is open for writing. When the tail moves on to a
+//! new segment, the sealed one is flushed and its file closed, so a log holds two descriptors
+//! (the tail and the store lock) however many segments it has; reads go through memory
+//! mappings, which keep no descriptor open.
 //!
 //! *Empty store moving its start.* A store holding no bytes accepts an append at any offset: its
 //! leftover file (at most one, holding no log bytes) is deleted, the deletion made durable, then
@@ -65,9 +84,13 @@
 
 mod checkpoint;
 mod error;
+mod flush;
+mod flusher;
 mod segments;
 
 pub use checkpoint::CHECKPOINT_FILE;
+pub use flush::{FlushDone, FlushMode, FlushPolicy, PendingFlush, FLUSH_PAGE_SIZE};
+pub use flusher::Flusher;
 
 /// The file in the store root that a [`FileLog`] locks exclusively while it has the store open.
 pub const LOCK_FILE: &str = "ha-lock";
@@ -108,11 +131,13 @@ use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rocketmq_ha::{segment_start, LogError, LogSink, LogSource};
 
 use checkpoint::{current_boot_id, sync_dir, Checkpoint};
+use flush::{flush_warranted, Schedule};
 use segments::{check_chain, map_segment, scan};
 
 /// The directory inside a store that holds the segment files, as in RocketMQ.
@@ -120,6 +145,19 @@ pub const COMMITLOG_DIR: &str = "commitlog";
 
 /// RocketMQ's default `mappedFileSizeCommitLog`: 1 GiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 1 << 30;
+
+/// The smallest segment size accepted: one page. Smaller segments only multiply files, maps
+/// and flushes (RocketMQ's own default is 1 GiB).
+pub const MIN_SEGMENT_SIZE: u64 = 4096;
+
+/// The largest segment size accepted: 64 GiB (on 64-bit systems; on smaller address spaces,
+/// what one mapping can hold). Every segment is mapped whole, and a store holds several; far
+/// larger sizes exhaust the address space or the kernel's overcommit and fail as `ENOMEM`.
+pub const MAX_SEGMENT_SIZE: u64 = if (isize::MAX as u64) < (64 << 30) {
+    isize::MAX as u64
+} else {
+    64 << 30
+};
 
 /// Offsets travel as `i64` on the wire (§0.3); the log never grows past what they can carry.
 const MAX_LOG_OFFSET: u64 = i64::MAX as u64;
@@ -182,7 +220,7 @@ impl Shared {
     }
 }
 
-/// The segment file currently appended to, or one written since the last sync.
+/// The segment file currently appended to: the only segment a log keeps open.
 struct OpenSegment {
     start: u64,
     path: PathBuf,
@@ -200,8 +238,12 @@ struct OpenSegment {
 /// - appending: [`LogSink::append`] (the slave, at the offset the master sent),
 ///   [`append_at`](Self::append_at) (the same with a slice and the typed error),
 ///   [`append_at_end`](Self::append_at_end) (a producer on the master);
-/// - durability and retention: [`sync`](Self::sync), [`close`](Self::close),
-///   [`delete_segments_before`](Self::delete_segments_before).
+/// - durability (module docs, "Durability"): [`set_flush_mode`](Self::set_flush_mode),
+///   [`flush_due`](Self::flush_due), [`maybe_flush`](Self::maybe_flush),
+///   [`prepare_flush`](Self::prepare_flush) and [`finish_flush`](Self::finish_flush) (or a
+///   [`Flusher`]), [`sync`](Self::sync), [`close`](Self::close),
+///   [`synced_offset`](Self::synced_offset);
+/// - retention: [`delete_segments_before`](Self::delete_segments_before).
 pub struct FileLog {
     root: PathBuf,
     commitlog: PathBuf,
@@ -211,15 +253,25 @@ pub struct FileLog {
     max: u64,
     shared: Arc<Shared>,
     tail: Option<OpenSegment>,
-    /// Earlier tails written since the last sync; fsynced by the next [`FileLog::sync`] rather
-    /// than at the roll, so rolling to a new segment never stalls on the disk.
-    unsynced: Vec<OpenSegment>,
-    /// Whether `commitlog/` has entries created since the last sync.
-    dir_dirty: bool,
+    /// Every byte below this is fdatasynced (perhaps not yet claimed by the checkpoint). Never
+    /// below the tail's start: earlier segments are flushed when the tail leaves them.
+    data_synced: u64,
+    /// What the checkpoint claims as durable: the offset a machine crash cannot take away.
+    synced: u64,
+    /// Counts files created in `commitlog/`; `dir_synced` is the count its last fsync covered.
+    dir_generation: u64,
+    dir_synced: u64,
     /// `(base, synced_max)` as last written to the checkpoint.
     checkpointed: Option<(u64, u64)>,
     boot_id: Option<String>,
     poisoned: bool,
+    mode: FlushMode,
+    schedule: Schedule,
+    /// Changes when an empty store moves its start, so that a flush prepared before cannot
+    /// claim offsets of the old start.
+    epoch: u64,
+    /// Set by [`close`](Self::close), so that drop does not sync again.
+    closed: bool,
     /// Held for the log's lifetime: an exclusive lock on [`LOCK_FILE`], released on drop (or
     /// by the kernel when the process dies, so a killed slave never leaves a stale lock).
     _lock: File,
@@ -274,6 +326,13 @@ impl FileLog {
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileLog::create(root, segment_size),
             Err(e) => Err(FileLogError::io("stat", commitlog, e)),
         }
+    }
+
+    /// Drops the log as if its process had been killed: no sync. The writes it made are in the
+    /// page cache, as they would be after `kill -9`.
+    #[cfg(test)]
+    fn crash(mut self) {
+        self.closed = true;
     }
 
     /// [`open`](Self::open) as if running under the kernel boot `boot_id`, so tests can play a
@@ -379,11 +438,32 @@ impl FileLog {
             sync_dir(&commitlog)?;
         }
 
+        // What the checkpoint claims durable. Without a checkpoint (a store written by hand or
+        // by RocketMQ) nothing is claimed yet.
+        let synced = match (&checkpoint, trusted_end) {
+            (_, Some(_)) => max,
+            (Some(cp), None) => cp.synced_max.clamp(min, max),
+            (None, None) => min,
+        };
         let mut segments = BTreeMap::new();
         for file in &files {
             let handle =
                 File::open(&file.path).map_err(|e| FileLogError::io("open", &file.path, e))?;
             segments.insert(file.start, map_segment(&handle, &file.path, segment_size)?);
+            // The same boot, and an earlier process left bytes the checkpoint does not claim:
+            // they are in the page cache, perhaps not on disk. Flush them now (an fsync through
+            // any descriptor flushes the file), so the next checkpoint may claim them and the
+            // tail invariant holds: everything below the tail's start is durable.
+            if file.start + file.len > synced {
+                handle
+                    .sync_data()
+                    .map_err(|e| FileLogError::io("fsync", &file.path, e))?;
+            }
+            // `handle` closes here: the mapping does not need it.
+        }
+        if max > synced {
+            // Their directory entries too, for the files that process created.
+            sync_dir(&commitlog)?;
         }
         let mut log = FileLog {
             _lock: lock,
@@ -397,11 +477,17 @@ impl FileLog {
                 view: RwLock::new(View { min, max, segments }),
             }),
             tail: None,
-            unsynced: Vec::new(),
-            dir_dirty: false,
+            data_synced: max,
+            synced,
+            dir_generation: 0,
+            dir_synced: 0,
             checkpointed: checkpoint.as_ref().map(|cp| (cp.base, cp.synced_max)),
             boot_id,
             poisoned: false,
+            mode: FlushMode::default(),
+            schedule: Schedule::default(),
+            epoch: 0,
+            closed: false,
         };
         if trusted_end.is_some() {
             // Everything left is synced; recording this boot lets a later process crash trust
@@ -455,7 +541,26 @@ impl FileLog {
     ///
     /// A slave receives many frames per socket read; writing them together costs one system
     /// call, and the kernel sees one larger write (larger page-cache folios).
+    ///
+    /// In [`FlushMode::EveryAppend`] it returns only once the bytes are durable.
     pub fn append_all_at(&mut self, offset: u64, pieces: &[&[u8]]) -> Result<u64, FileLogError> {
+        self.write_pieces(offset, pieces)?;
+        self.sync_if_every_append()
+    }
+
+    /// In [`FlushMode::EveryAppend`], what an append does before returning: [`sync`].
+    ///
+    /// [`sync`]: Self::sync
+    fn sync_if_every_append(&mut self) -> Result<u64, FileLogError> {
+        if self.mode == FlushMode::EveryAppend {
+            self.sync()?;
+        }
+        Ok(self.max)
+    }
+
+    /// [`append_all_at`](Self::append_all_at) without the flush of
+    /// [`FlushMode::EveryAppend`].
+    fn write_pieces(&mut self, offset: u64, pieces: &[&[u8]]) -> Result<u64, FileLogError> {
         if self.poisoned {
             return Err(FileLogError::Poisoned);
         }
@@ -535,25 +640,31 @@ impl FileLog {
     /// docs, "Crash safety").
     ///
     /// Appends alone already survive a crash of the process; `sync` is what survives a crash of
-    /// the machine. It costs a few disk flushes, so call it on a timer or every few megabytes
-    /// (RocketMQ's flush interval), not per append. If flushing the data fails, the log refuses
-    /// further appends and syncs ([`FileLogError::Poisoned`]): after a failed fsync the kernel
-    /// may have dropped the data while a retry would report success.
+    /// the machine. It costs a few disk flushes, so on a busy log let the [`FlushMode`] decide
+    /// ([`maybe_flush`](Self::maybe_flush), a [`Flusher`]) rather than calling it per append. If
+    /// flushing the data fails, the log refuses further appends and syncs
+    /// ([`FileLogError::Poisoned`]): after a failed fsync the kernel may have dropped the data
+    /// while a retry would report success.
     pub fn sync(&mut self) -> Result<(), FileLogError> {
         if self.poisoned {
             return Err(FileLogError::Poisoned);
         }
         let target = self.max;
-        for segment in self.unsynced.iter().chain(&self.tail) {
-            if let Err(e) = segment.file.sync_data() {
-                self.poisoned = true;
-                return Err(FileLogError::io("fsync", &segment.path, e));
+        if self.data_synced < target {
+            // Only the tail can hold unsynced bytes: segments are flushed when the tail leaves
+            // them, and open flushes what an earlier process left.
+            if let Some(tail) = &self.tail {
+                if let Err(e) = tail.file.sync_data() {
+                    self.poisoned = true;
+                    return Err(FileLogError::io("fsync", &tail.path, e));
+                }
             }
+            self.data_synced = target;
         }
-        self.unsynced.clear();
-        if self.dir_dirty {
+        if self.dir_synced < self.dir_generation {
+            let generation = self.dir_generation;
             sync_dir(&self.commitlog)?;
-            self.dir_dirty = false;
+            self.dir_synced = generation;
         }
         if self.checkpointed != Some((self.min, target)) {
             self.write_checkpoint(self.min, target)?;
@@ -563,7 +674,129 @@ impl FileLog {
 
     /// Syncs (see [`sync`](Self::sync)) and closes the store.
     pub fn close(mut self) -> Result<(), FileLogError> {
+        // Whatever the outcome, drop must not try again.
+        self.closed = true;
         self.sync()
+    }
+
+    /// The offset below which every byte is on disk and claimed by the checkpoint: what the
+    /// store keeps after a machine crash (module docs, "Crash safety").
+    pub fn synced_offset(&self) -> u64 {
+        self.synced
+    }
+
+    /// When appends are made durable (module docs, "Durability").
+    pub fn flush_mode(&self) -> FlushMode {
+        self.mode
+    }
+
+    /// Changes when appends are made durable. Switching to [`FlushMode::EveryAppend`] syncs at
+    /// once, so that from then on every byte of the log is durable; a new
+    /// [`FlushMode::Periodic`] policy starts its schedule afresh.
+    pub fn set_flush_mode(&mut self, mode: FlushMode) -> Result<(), FileLogError> {
+        self.mode = mode;
+        self.schedule = Schedule::default();
+        if mode == FlushMode::EveryAppend {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// When [`maybe_flush`](Self::maybe_flush) (or [`prepare_flush`](Self::prepare_flush))
+    /// should next be called, given that it is `now`: a time at or after `now` (`now` if a
+    /// decision is overdue, or none was taken yet). `None` unless the mode is
+    /// [`FlushMode::Periodic`].
+    pub fn flush_due(&self, now: Instant) -> Option<Instant> {
+        match self.mode {
+            FlushMode::Periodic(_) => Some(self.schedule.due(now)),
+            FlushMode::EveryAppend | FlushMode::Manual => None,
+        }
+    }
+
+    /// Takes the flush decision due at `now` (the [`FlushPolicy`]) and, if it says so, flushes
+    /// and advances the checkpoint: [`prepare_flush`](Self::prepare_flush), run,
+    /// [`finish_flush`](Self::finish_flush) in one call, holding `&mut self` throughout.
+    /// Returns whether it flushed.
+    pub fn maybe_flush(&mut self, now: Instant) -> Result<bool, FileLogError> {
+        match self.prepare_flush(now)? {
+            Some(flush) => self.finish_flush(flush.run()),
+            None => Ok(false),
+        }
+    }
+
+    /// Takes the flush decision due at `now`; if the [`FlushPolicy`] calls for a flush, returns
+    /// it prepared, to be [run](PendingFlush::run) without holding the log (appends may go on
+    /// meanwhile) and handed back to [`finish_flush`](Self::finish_flush).
+    ///
+    /// `None` if no decision is due yet, the policy finds too little new data, or the mode is
+    /// not [`FlushMode::Periodic`].
+    pub fn prepare_flush(&mut self, now: Instant) -> Result<Option<PendingFlush>, FileLogError> {
+        let FlushMode::Periodic(policy) = self.mode else {
+            return Ok(None);
+        };
+        if self.poisoned {
+            return Err(FileLogError::Poisoned);
+        }
+        match self.schedule.tick(&policy, now) {
+            Some(least) if flush_warranted(self.synced, self.max, least) => {
+                self.pending_flush().map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A flush of everything appended so far.
+    fn pending_flush(&mut self) -> Result<PendingFlush, FileLogError> {
+        let file = match &self.tail {
+            Some(tail) if self.data_synced < self.max => {
+                let dup = tail
+                    .file
+                    .try_clone()
+                    .map_err(|e| FileLogError::io("duplicate the handle of", &tail.path, e))?;
+                Some((tail.path.clone(), dup))
+            }
+            _ => None,
+        };
+        let dir = (self.dir_synced < self.dir_generation)
+            .then(|| (self.commitlog.clone(), self.dir_generation));
+        Ok(PendingFlush {
+            epoch: self.epoch,
+            target: self.max,
+            file,
+            dir,
+        })
+    }
+
+    /// Records a flush that was [run](PendingFlush::run): the checkpoint claims its bytes.
+    /// Returns whether the checkpoint advanced (not if a newer sync already covered it, or the
+    /// empty store moved its start meanwhile).
+    ///
+    /// A failed data flush poisons the log, as in [`sync`](Self::sync), and is returned.
+    pub fn finish_flush(&mut self, done: FlushDone) -> Result<bool, FileLogError> {
+        if done.epoch != self.epoch {
+            return Ok(false);
+        }
+        if let Err(e) = done.result {
+            if done.data_failed {
+                self.poisoned = true;
+            }
+            return Err(e);
+        }
+        if self.poisoned {
+            return Err(FileLogError::Poisoned);
+        }
+        self.data_synced = self.data_synced.max(done.target);
+        if let Some(generation) = done.dir_generation {
+            self.dir_synced = self.dir_synced.max(generation);
+        }
+        // The files holding bytes below the target existed when the flush was prepared, and
+        // its directory fsync (or an earlier one) covered them; files created since start at
+        // or above the target.
+        if done.target <= self.synced {
+            return Ok(false);
+        }
+        self.write_checkpoint(self.min, done.target)?;
+        Ok(true)
     }
 
     /// Deletes whole segment files that lie entirely below `offset` (RocketMQ's retention: files
@@ -610,7 +843,7 @@ impl FileLog {
     fn restart_at(&mut self, offset: u64) -> Result<(), FileLogError> {
         debug_assert_eq!(self.min, self.max, "only an empty store may move its start");
         self.tail = None;
-        self.unsynced.clear();
+        self.epoch += 1;
         // An empty store has at most one file, shorter than its start: it holds no log bytes.
         let leftovers = self.segment_starts();
         for &start in &leftovers {
@@ -627,6 +860,7 @@ impl FileLog {
         self.write_checkpoint(offset, offset)?;
         self.min = offset;
         self.max = offset;
+        self.data_synced = offset;
         let mut view = self.shared.view_mut();
         view.min = offset;
         view.max = offset;
@@ -635,19 +869,34 @@ impl FileLog {
 
     /// The open segment file starting at `start`, creating and mapping it if it is new. The
     /// caller puts it back into `self.tail`.
+    ///
+    /// A tail that is left behind is flushed and closed first: the log keeps one segment open,
+    /// however many it writes between flushes, and everything below the tail is durable.
     fn tail_at(&mut self, start: u64) -> Result<OpenSegment, FileLogError> {
         match self.tail.take() {
             Some(tail) if tail.start == start => Ok(tail),
-            previous => match self.open_segment(start) {
-                Ok(tail) => {
-                    self.unsynced.extend(previous);
-                    Ok(tail)
+            previous => {
+                if let Some(sealed) = &previous {
+                    if self.data_synced < self.max {
+                        if let Err(e) = sealed.file.sync_data() {
+                            let err = FileLogError::io("fsync", &sealed.path, e);
+                            self.poisoned = true;
+                            self.tail = previous;
+                            return Err(err);
+                        }
+                        // Appends are contiguous: the sealed segment ends at the max offset.
+                        self.data_synced = self.max;
+                    }
                 }
-                Err(e) => {
-                    self.tail = previous;
-                    Err(e)
+                match self.open_segment(start) {
+                    // `previous` is dropped here, closing its file.
+                    Ok(tail) => Ok(tail),
+                    Err(e) => {
+                        self.tail = previous;
+                        Err(e)
+                    }
                 }
-            },
+            }
         }
     }
 
@@ -667,7 +916,7 @@ impl FileLog {
             .create_new(true)
             .open(&path)
             .map_err(|e| FileLogError::io("create", &path, e))?;
-        self.dir_dirty = true;
+        self.dir_generation += 1;
         let map = match map_segment(&file, &path, self.segment_size) {
             Ok(map) => map,
             Err(e) => {
@@ -690,6 +939,7 @@ impl FileLog {
         }
         .store(&self.root)?;
         self.checkpointed = Some((base, synced_max));
+        self.synced = synced_max;
         Ok(())
     }
 }
@@ -704,6 +954,17 @@ impl fmt::Debug for FileLog {
             .field("segments", &self.shared.view().segments.len())
             .field("poisoned", &self.poisoned)
             .finish()
+    }
+}
+
+impl Drop for FileLog {
+    /// Syncs, best effort: a log dropped without [`close`](FileLog::close) (a panic unwinding,
+    /// a handle released at the end of `main`) still flushes what it holds. Errors cannot be
+    /// reported here; call `close` to see them.
+    fn drop(&mut self) {
+        if !self.closed && !self.poisoned {
+            let _ = self.sync();
+        }
     }
 }
 
@@ -732,16 +993,15 @@ impl LogSink for FileLog {
 
     fn append_all(&mut self, offset: u64, pieces: &[Bytes]) -> Result<u64, LogError> {
         let mut slices = [&[][..]; WRITE_SLICES];
-        let mut end = self.max;
         let mut at = offset;
         for group in pieces.chunks(WRITE_SLICES) {
             for (slot, piece) in slices.iter_mut().zip(group) {
                 *slot = piece;
             }
-            end = self.append_all_at(at, &slices[..group.len()])?;
-            at = end;
+            at = self.write_pieces(at, &slices[..group.len()])?;
         }
-        Ok(end)
+        // One flush for the whole batch in `FlushMode::EveryAppend`, not one per group.
+        Ok(self.sync_if_every_append()?)
     }
 }
 
@@ -896,12 +1156,11 @@ where
 }
 
 fn check_segment_size(segment_size: u64) -> Result<(), FileLogError> {
-    // Each segment is mapped whole, so it must fit in the address space.
-    let max = isize::MAX as u64;
-    if segment_size == 0 || segment_size > max {
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
         return Err(FileLogError::InvalidSegmentSize {
             size: segment_size,
-            max,
+            min: MIN_SEGMENT_SIZE,
+            max: MAX_SEGMENT_SIZE,
         });
     }
     Ok(())
@@ -965,12 +1224,14 @@ mod tests {
         // Unsynced: fills the third segment and starts two more.
         log.append_at_end(&pattern(synced, 3 * F)).unwrap();
         assert_eq!(log.segment_starts(), vec![0, F, 2 * F, 3 * F, 4 * F, 5 * F]);
-        drop(log);
+        log.crash();
 
         // The same boot: only the process died, the files are trusted.
         let same = FileLog::open_with_boot_id(&store.0, F, current_boot_id()).unwrap();
         assert_eq!(same.max_offset(), synced + 3 * F);
-        drop(same);
+        // Open flushed what the dead process left, but the checkpoint does not claim it yet.
+        assert_eq!(same.synced_offset(), synced);
+        same.crash();
 
         let rebooted = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
         assert_eq!(rebooted.max_offset(), synced);
@@ -1003,7 +1264,7 @@ mod tests {
         let mut log = FileLog::create(&store.0, F).unwrap();
         log.append(start, Bytes::from(pattern(start, F))).unwrap();
         assert_eq!(log.segment_starts(), vec![3 * F, 4 * F]);
-        drop(log);
+        log.crash();
 
         let rebooted = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
         assert_eq!(
@@ -1022,6 +1283,169 @@ mod tests {
         assert_eq!(log.append_at(7 * F, &pattern(7 * F, 5)).unwrap(), 7 * F + 5);
         assert_eq!(log.segment_starts(), vec![7 * F]);
         assert!(!log.segment_path(3 * F).exists());
+    }
+
+    /// Descriptors of this process open on files under `dir`.
+    fn open_files_under(dir: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .map(|entries| {
+                entries
+                    .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+                    .filter(|target| target.starts_with(dir))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn only_the_tail_stays_open_and_sealed_segments_are_flushed() {
+        let store = Scratch::new("tail-only");
+        let mut log = FileLog::create(&store.0, F).unwrap();
+        log.set_flush_mode(FlushMode::Manual).unwrap();
+        let commitlog = log.commitlog_dir().to_path_buf();
+        for i in 0..20 {
+            log.append_at_end(&pattern(i * F, F)).unwrap();
+            // The tail, nothing else, under commitlog/ (the lock file is in the root).
+            if cfg!(target_os = "linux") {
+                assert_eq!(open_files_under(&commitlog), 1, "after {} segments", i + 1);
+            }
+        }
+        // The roll flushed every sealed segment; the checkpoint is the flush's to advance.
+        assert_eq!(log.data_synced, 19 * F);
+        assert_eq!(log.synced_offset(), 0);
+        log.sync().unwrap();
+        assert_eq!(log.synced_offset(), 20 * F);
+        log.close().unwrap();
+        if cfg!(target_os = "linux") {
+            assert_eq!(open_files_under(&store.0), 0);
+        }
+    }
+
+    #[test]
+    fn the_policy_decides_from_the_times_handed_in() {
+        let store = Scratch::new("policy");
+        let mut log = FileLog::create(&store.0, 1 << 20).unwrap();
+        assert_eq!(log.flush_mode(), FlushMode::Periodic(FlushPolicy::ROCKETMQ));
+        let t0 = Instant::now();
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(log.flush_due(t0), Some(t0));
+
+        // The first tick is thorough: one byte is enough.
+        log.append_at_end(b"x").unwrap();
+        assert!(log.maybe_flush(t0).unwrap());
+        assert_eq!(log.synced_offset(), 1);
+        assert_eq!(log.flush_due(t0), Some(t0 + ms(500)));
+        // Not due before the interval.
+        log.append_at_end(&pattern(1, 8 * F)).unwrap();
+        assert!(!log.maybe_flush(t0 + ms(499)).unwrap());
+        assert_eq!(log.synced_offset(), 1);
+        // Due, and 8 pages are enough.
+        assert!(log.maybe_flush(t0 + ms(500)).unwrap());
+        assert_eq!(log.synced_offset(), 8 * F + 1);
+        // 3 new pages are not, tick after tick, until the thorough tick 10 s after the first.
+        log.append_at_end(&pattern(8 * F + 1, 3 * F)).unwrap();
+        for i in 2..20 {
+            assert!(!log.maybe_flush(t0 + ms(500) * i).unwrap(), "tick {i}");
+        }
+        assert!(log.maybe_flush(t0 + ms(10_000)).unwrap());
+        assert_eq!(log.synced_offset(), log.max_offset());
+        // Nothing new: no flush, even on a thorough tick.
+        assert!(!log.maybe_flush(t0 + ms(20_000)).unwrap());
+
+        // Other modes have no schedule.
+        log.set_flush_mode(FlushMode::Manual).unwrap();
+        assert_eq!(log.flush_due(t0), None);
+        log.append_at_end(&pattern(11 * F + 1, 8 * F)).unwrap();
+        assert!(!log.maybe_flush(t0 + ms(60_000)).unwrap());
+        assert_eq!(log.synced_offset(), 11 * F + 1);
+    }
+
+    #[test]
+    fn a_flush_run_outside_the_log_claims_what_was_there_when_prepared() {
+        let store = Scratch::new("prepared");
+        let mut log = FileLog::create(&store.0, F).unwrap();
+        let t0 = Instant::now();
+        log.append_at_end(&pattern(0, F + 10)).unwrap();
+        let pending = log
+            .prepare_flush(t0)
+            .unwrap()
+            .expect("the first tick flushes");
+        assert_eq!(pending.target(), F + 10);
+        // Appends go on (and roll over) while the flush runs.
+        log.append_at_end(&pattern(F + 10, 2 * F)).unwrap();
+        let done = pending.run();
+        assert!(log.finish_flush(done).unwrap());
+        assert_eq!(log.synced_offset(), F + 10);
+        assert_eq!(
+            Checkpoint::load(&store.0).unwrap().unwrap().synced_max,
+            F + 10
+        );
+
+        // A flush that a full sync overtook claims nothing more.
+        let pending = log
+            .prepare_flush(t0 + std::time::Duration::from_secs(10))
+            .unwrap();
+        let pending = pending.expect("a thorough tick with 2 new segments");
+        log.sync().unwrap();
+        assert!(!log.finish_flush(pending.run()).unwrap());
+        assert_eq!(log.synced_offset(), 3 * F + 10);
+    }
+
+    #[test]
+    fn a_flush_prepared_before_an_empty_store_moved_its_start_claims_nothing() {
+        let store = Scratch::new("epoch");
+        let mut log = FileLog::create(&store.0, F).unwrap();
+        log.set_flush_mode(FlushMode::Periodic(FlushPolicy::new(
+            std::time::Duration::ZERO,
+            0,
+            std::time::Duration::ZERO,
+        )))
+        .unwrap();
+        // An empty store at 7F (as a slave whose first append went there, then rebooted).
+        log.restart_at(7 * F).unwrap();
+        let stale = log.pending_flush().unwrap();
+        assert_eq!(stale.target(), 7 * F);
+        // The master sends an earlier start: the empty store moves back to 2F.
+        log.append_at(2 * F, b"abc").unwrap();
+        // The stale flush must not claim up to 7F, far past the 3 bytes the store holds.
+        assert!(!log.finish_flush(stale.run()).unwrap());
+        assert_eq!(log.synced_offset(), 2 * F);
+        let checkpoint = Checkpoint::load(&store.0).unwrap().unwrap();
+        assert_eq!((checkpoint.base, checkpoint.synced_max), (2 * F, 2 * F));
+    }
+
+    #[test]
+    fn every_append_mode_returns_only_durable_appends() {
+        let store = Scratch::new("every-append");
+        let mut log = FileLog::create(&store.0, F).unwrap();
+        log.set_flush_mode(FlushMode::EveryAppend).unwrap();
+        assert_eq!(log.flush_due(Instant::now()), None);
+        for i in 0..5u64 {
+            let end = log.append_at_end(&pattern(i * 3000, 3000)).unwrap();
+            assert_eq!(log.synced_offset(), end);
+            assert_eq!(Checkpoint::load(&store.0).unwrap().unwrap().synced_max, end);
+        }
+        let pieces = [
+            Bytes::from(pattern(15_000, 100)),
+            Bytes::from(pattern(15_100, 9000)),
+        ];
+        let end = log.append_all(15_000, &pieces).unwrap();
+        assert_eq!(log.synced_offset(), end);
+        log.crash();
+        // So a reboot keeps every append that returned.
+        let rebooted = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
+        assert_eq!(rebooted.max_offset(), 24_100);
+        assert_eq!(rebooted.copy_range(0, 24_100).unwrap(), pattern(0, 24_100));
+    }
+
+    #[test]
+    fn drop_syncs_and_close_reports() {
+        let store = Scratch::new("drop-syncs");
+        let mut log = FileLog::create(&store.0, F).unwrap();
+        log.append_at_end(&pattern(0, 2 * F + 5)).unwrap();
+        drop(log);
+        let rebooted = FileLog::open_with_boot_id(&store.0, F, Some("next-boot".into())).unwrap();
+        assert_eq!(rebooted.max_offset(), 2 * F + 5);
     }
 
     #[test]

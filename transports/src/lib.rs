@@ -32,6 +32,13 @@
 //! with [`SyncError::Shutdown`](rocketmq_ha::SyncError::Shutdown). [`Transport`] runs any driver
 //! on a background thread, chosen at run time.
 //!
+//! [`file_log::FileLog`] is a commit log on disk in RocketMQ's layout for either side. It
+//! decides itself when its appends are flushed ([`file_log::FlushMode`]: RocketMQ's periodic
+//! [`file_log::FlushPolicy`], every append before it returns, or only on request), from the
+//! times it is handed; a [`file_log::Flusher`] thread applies that to a log shared as a
+//! [`SharedLog`], flushing outside its lock. With [`file_log::FlushMode::EveryAppend`] a
+//! slave acks only what is on its disk (see the module docs, "Durability").
+//!
 //! # Example: replicate on loopback with the blocking driver
 //! ```
 //! use std::time::{Duration, Instant};

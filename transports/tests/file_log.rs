@@ -13,9 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use rocketmq_ha::{LogError, LogSink, LogSource, MemoryLog};
 use rocketmq_ha_transports::file_log::{
-    compare_logs, segment_file_name, FileLog, FileLogError, CHECKPOINT_FILE, COMMITLOG_DIR,
-    DEFAULT_SEGMENT_SIZE,
+    compare_logs, segment_file_name, FileLog, FileLogError, FlushMode, FlushPolicy, Flusher,
+    CHECKPOINT_FILE, COMMITLOG_DIR, DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE,
 };
+use rocketmq_ha_transports::SharedLog;
 
 const F: u64 = 4096;
 
@@ -783,4 +784,287 @@ fn a_store_open_in_one_handle_is_locked_against_a_second_until_dropped() {
     }
     drop(first);
     FileLog::open(store.path(), F).expect("the lock is released on drop");
+}
+
+// ---- Segment sizes ------------------------------------------------------------------------------
+
+#[test]
+fn segment_sizes_below_a_page_or_above_64_gib_are_refused_with_the_reason() {
+    for (size, reason) in [
+        (0, "at least one page"),
+        (1000, "at least one page"),
+        (MIN_SEGMENT_SIZE - 1, "at least one page"),
+        (MAX_SEGMENT_SIZE + 1, "too large"),
+        (100 << 40, "too large"),
+    ] {
+        let store = Scratch::new("segment-size-range");
+        let err = FileLog::create(store.path(), size).unwrap_err();
+        assert!(
+            matches!(err, FileLogError::InvalidSegmentSize { size: s, .. } if s == size),
+            "{err}"
+        );
+        assert!(err.to_string().contains(reason), "{size}: {err}");
+        let err = FileLog::open_or_create(store.path(), size).unwrap_err();
+        assert!(
+            matches!(err, FileLogError::InvalidSegmentSize { .. }),
+            "{err}"
+        );
+        assert!(
+            !store.commitlog().exists(),
+            "a refused size created a store"
+        );
+    }
+    assert_eq!(MAX_SEGMENT_SIZE, 64 << 30);
+    let store = Scratch::new("segment-size-one-page");
+    let mut log = FileLog::create(store.path(), MIN_SEGMENT_SIZE).unwrap();
+    log.append_at_end(&pattern(0, 3 * MIN_SEGMENT_SIZE + 1))
+        .unwrap();
+    assert_eq!(log.segment_starts().len(), 4);
+}
+
+#[test]
+fn a_store_opened_with_another_segment_size_says_which_it_has() {
+    // Our own store: the checkpoint records the size.
+    let store = Scratch::new("size-checkpoint");
+    let mut log = FileLog::create(store.path(), 2 * F).unwrap();
+    log.append_at_end(&pattern(0, 5 * F)).unwrap();
+    log.close().unwrap();
+    for other in [F, 4 * F] {
+        let err = FileLog::open_or_create(store.path(), other).unwrap_err();
+        assert!(
+            matches!(err, FileLogError::SegmentSizeMismatch { recorded, requested, .. }
+                if recorded == 2 * F && requested == other),
+            "{err}"
+        );
+        assert!(err.to_string().contains("segment size 8192, not"), "{err}");
+    }
+
+    // A store without our checkpoint (written by RocketMQ or by hand): the files show it.
+    fs::remove_file(store.path().join(CHECKPOINT_FILE)).unwrap();
+    for other in [F, 4 * F] {
+        let err = open_err(&store, other, &segment_file_name(0));
+        assert!(
+            matches!(
+                err,
+                FileLogError::SegmentSizeMismatch { recorded: 8192, .. }
+            ),
+            "{err}"
+        );
+    }
+    let log = FileLog::open(store.path(), 2 * F).unwrap();
+    assert_eq!(log.max_offset(), 5 * F);
+}
+
+// ---- Durability -------------------------------------------------------------------------------
+
+#[test]
+fn a_flusher_thread_advances_the_checkpoint_while_appends_go_on() {
+    let store = Scratch::new("flusher");
+    let mut log = FileLog::create(store.path(), 64 * 1024).unwrap();
+    log.set_flush_mode(FlushMode::Periodic(FlushPolicy::new(
+        Duration::from_millis(10),
+        4,
+        Duration::from_millis(100),
+    )))
+    .unwrap();
+    let shared = SharedLog::new(log);
+    let flusher = Flusher::spawn(shared.clone()).unwrap();
+    let mut at = 0;
+    for _ in 0..50 {
+        at = shared.append(pattern(at, 7_000)).unwrap();
+        thread::sleep(Duration::from_millis(2));
+    }
+    // The last bytes are less than 4 pages: only a thorough tick (100 ms) takes them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shared.read().synced_offset() < at {
+        assert!(std::time::Instant::now() < deadline, "never synced {at}");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!flusher.is_finished());
+    flusher.stop().unwrap();
+    assert_eq!(checkpoint_synced_max(store.path()), at);
+}
+
+/// The `synced_max` of the store's checkpoint file.
+fn checkpoint_synced_max(store: &Path) -> u64 {
+    checkpoint_field(store, "synced_max").parse().unwrap()
+}
+
+fn checkpoint_field(store: &Path, key: &str) -> String {
+    let text = fs::read_to_string(store.join(CHECKPOINT_FILE)).unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_owned()
+}
+
+/// Copies a store directory (the files of a stopped process), e.g. to try two recoveries.
+fn copy_store(from: &Path, to: &Path) {
+    fs::create_dir_all(to.join(COMMITLOG_DIR)).unwrap();
+    fs::copy(from.join(CHECKPOINT_FILE), to.join(CHECKPOINT_FILE)).unwrap();
+    for entry in fs::read_dir(from.join(COMMITLOG_DIR)).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(COMMITLOG_DIR).join(entry.file_name())).unwrap();
+    }
+}
+
+/// Plays a power loss on a store whose process is gone: everything after the checkpoint's
+/// synced offset is lost. The file holding that offset keeps its length but holds garbage
+/// after it, and gains a page of garbage (file systems may leave a file longer than the data
+/// that reached the disk); the next file holds only garbage; later files are gone. The
+/// checkpoint's boot id changes: the machine restarted. Returns the synced offset.
+fn simulate_power_loss(store: &Path, segment: u64) -> u64 {
+    let synced = checkpoint_synced_max(store);
+    let commitlog = store.join(COMMITLOG_DIR);
+    let mut files: Vec<(u64, PathBuf)> = fs::read_dir(&commitlog)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_str().unwrap().parse().unwrap(), e.path())
+        })
+        .collect();
+    files.sort();
+    let mut garbage_files = 0;
+    for (start, path) in files {
+        let len = fs::metadata(&path).unwrap().len();
+        if start + len <= synced {
+            continue;
+        }
+        if start <= synced {
+            let keep = (synced - start) as usize;
+            let mut bytes = fs::read(&path).unwrap();
+            let longer = (bytes.len() + 4096).min(segment as usize);
+            bytes.resize(longer, 0);
+            bytes[keep..].copy_from_slice(&noise(synced, longer - keep));
+            fs::write(&path, bytes).unwrap();
+        } else if garbage_files == 0 {
+            garbage_files += 1;
+            fs::write(&path, noise(start, len as usize)).unwrap();
+        } else {
+            fs::remove_file(&path).unwrap();
+        }
+    }
+    let text = fs::read_to_string(store.join(CHECKPOINT_FILE)).unwrap();
+    let boot = checkpoint_field(store, "boot_id");
+    fs::write(
+        store.join(CHECKPOINT_FILE),
+        text.replace(&format!("boot_id {boot}"), "boot_id simulated-reboot"),
+    )
+    .unwrap();
+    synced
+}
+
+/// Set in the child of the power-loss test: the store directory.
+const FLUSH_CHILD: &str = "FILE_LOG_FLUSH_CHILD";
+const FLUSH_SEGMENT: u64 = 64 * 1024;
+
+/// The child: appends the pattern as a slave would, with a `Flusher` on a fast policy, and
+/// prints each synced offset it sees, until killed.
+fn flush_child(dir: &str) -> ! {
+    let mut log = FileLog::create(dir, FLUSH_SEGMENT).unwrap();
+    log.set_flush_mode(FlushMode::Periodic(FlushPolicy::new(
+        Duration::from_millis(5),
+        4,
+        Duration::from_millis(50),
+    )))
+    .unwrap();
+    let shared = SharedLog::new(log);
+    let _flusher = Flusher::spawn(shared.clone()).unwrap();
+    let mut at = 0;
+    let mut reported = 0;
+    let mut lengths = crash_chunk_lengths(1);
+    loop {
+        if at < 16 << 20 {
+            let len = lengths.next().unwrap_or(1);
+            at = shared.append(pattern(at, len)).unwrap();
+        }
+        let synced = shared.read().synced_offset();
+        if synced > reported {
+            reported = synced;
+            println!("synced {synced}");
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+#[test]
+fn after_sigkill_and_a_power_loss_the_store_keeps_everything_it_synced() {
+    if let Ok(dir) = env::var(FLUSH_CHILD) {
+        flush_child(&dir);
+    }
+    let store = Scratch::new("power-loss");
+    let mut child = Command::new(env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "after_sigkill_and_a_power_loss_the_store_keeps_everything_it_synced",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FLUSH_CHILD, store.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Wait until the flusher has synced across a few segments, then kill mid-run.
+    let reported: u64 = loop {
+        let line = lines.next().expect("child exited").unwrap();
+        // The harness prints "test <name> ... " without a newline just before; the name
+        // holds "synced" too.
+        if let Some((_, n)) = line.rsplit_once("synced ") {
+            let n: u64 = n.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            if n > 3 * FLUSH_SEGMENT {
+                break n;
+            }
+        }
+    };
+    thread::sleep(Duration::from_millis(30));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let written = {
+        let log_dir = store.commitlog();
+        let mut ends: Vec<u64> = fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let start: u64 = e.file_name().to_str().unwrap().parse().unwrap();
+                start + e.metadata().unwrap().len()
+            })
+            .collect();
+        ends.sort();
+        *ends.last().unwrap()
+    };
+    let synced = checkpoint_synced_max(store.path());
+    assert!(
+        synced >= reported,
+        "checkpoint {synced} < reported {reported}"
+    );
+    println!("killed with {written} bytes written, {synced} synced");
+
+    // The same boot (only the process died): the files are trusted, every byte written stays.
+    let same_boot = Scratch::new("power-loss-same-boot");
+    copy_store(store.path(), same_boot.path());
+    let log = FileLog::open(same_boot.path(), FLUSH_SEGMENT).unwrap();
+    assert_eq!(log.max_offset(), written);
+    assert!(log.max_offset() >= synced);
+    assert_pattern(&log);
+    drop(log);
+
+    // The machine restarted and lost what was not synced: only the checkpoint is trusted.
+    let synced = simulate_power_loss(store.path(), FLUSH_SEGMENT);
+    let log = FileLog::open(store.path(), FLUSH_SEGMENT).unwrap();
+    assert!(log.max_offset() >= reported, "lost synced bytes");
+    assert_eq!(
+        log.max_offset(),
+        synced,
+        "kept bytes past the synced offset"
+    );
+    assert!(log.max_offset() <= written);
+    assert_pattern(&log);
+    assert_eq!(log.synced_offset(), synced);
+    drop(log);
+    // Recovery cut the garbage off for good: a second open agrees.
+    let log = FileLog::open(store.path(), FLUSH_SEGMENT).unwrap();
+    assert_eq!(log.max_offset(), synced);
+    assert_pattern(&log);
 }

@@ -46,7 +46,7 @@ use rocketmq_ha::{Config, LogError, LogSource, StartPosition};
 use rocketmq_ha_transports::file_log::{FileLog, FileLogReader};
 use rocketmq_ha_transports::{Running, SlaveHandle, Transport};
 
-use crate::size::{Human, Size};
+use crate::size::{Human, SegmentSize, Size};
 use crate::{Context, Failure, Generator, TempDir, TransportArg};
 use fanout::{fanout, Fanout};
 use latency::sync_latency;
@@ -70,7 +70,7 @@ pub struct BenchArgs {
     bytes: Size,
     /// Segment size of every store.
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
-    segment_size: Size,
+    segment_size: SegmentSize,
     /// Transports to measure, comma-separated.
     #[arg(
         long,

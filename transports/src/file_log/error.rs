@@ -31,12 +31,15 @@ pub enum FileLogError {
         /// The store's lock file.
         path: PathBuf,
     },
-    /// The segment size is zero or too large to map into memory.
-    #[error("segment size {size} is out of range: it must be between 1 and {max} bytes")]
+    /// The segment size is below one page or too large to map sensibly
+    /// ([`MIN_SEGMENT_SIZE`](super::MIN_SEGMENT_SIZE), [`MAX_SEGMENT_SIZE`](super::MAX_SEGMENT_SIZE)).
+    #[error("{}", describe_segment_size(*size, *min, *max))]
     InvalidSegmentSize {
         /// The size asked for.
         size: u64,
-        /// The largest size this platform can map.
+        /// The smallest size accepted (one page).
+        min: u64,
+        /// The largest size accepted.
         max: u64,
     },
     /// There is no store here: the `commitlog/` directory is missing.
@@ -118,13 +121,15 @@ pub enum FileLogError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The store was written with another segment size than the one it is opened with.
+    /// The store was written with another segment size than the one it is opened with: its
+    /// checkpoint records another, or (in a store without one) its segment files are spaced
+    /// and sized for another.
     #[error(
         "{}: the store was written with segment size {recorded}, not {requested}",
         path.display()
     )]
     SegmentSizeMismatch {
-        /// The checkpoint file that records the size.
+        /// The checkpoint file that records the size, or the first segment file that shows it.
         path: PathBuf,
         /// The size recorded there.
         recorded: u64,
@@ -182,6 +187,18 @@ pub enum FileLogError {
     /// could leave bytes on disk that were never part of the log, so the store refuses.
     #[error("an earlier failed write could not be rolled back; reopen the store to recover")]
     Poisoned,
+}
+
+/// The reason a segment size is refused, for [`FileLogError::InvalidSegmentSize`].
+fn describe_segment_size(size: u64, min: u64, max: u64) -> String {
+    if size < min {
+        format!("segment size {size} is too small: it must be at least one page ({min} bytes)")
+    } else {
+        format!(
+            "segment size {size} is too large: at most {max} bytes, since every segment is \
+             mapped into memory whole (RocketMQ's default is 1 GiB)"
+        )
+    }
 }
 
 impl FileLogError {

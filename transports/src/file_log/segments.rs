@@ -37,7 +37,44 @@ pub(super) struct SegmentFile {
 
 /// Lists `commitlog/`, checking each entry on its own: a 20-digit name, a regular file, aligned
 /// to the segment size, no longer than a segment. Sorted by start offset.
+///
+/// A store whose first two files show another segment size (the first is as long as the
+/// distance to the second, and that is not `segment_size`) is reported as such, before the
+/// alignment and length checks would report a symptom of it.
 pub(super) fn scan(commitlog: &Path, segment_size: u64) -> Result<Vec<SegmentFile>, FileLogError> {
+    let files = list(commitlog)?;
+    if let [first, second, ..] = files.as_slice() {
+        let spacing = second.start - first.start;
+        if first.len == spacing && spacing != segment_size {
+            return Err(FileLogError::SegmentSizeMismatch {
+                path: first.path.clone(),
+                recorded: spacing,
+                requested: segment_size,
+            });
+        }
+    }
+    for file in &files {
+        if file.start % segment_size != 0 {
+            return Err(FileLogError::UnalignedSegment {
+                path: file.path.clone(),
+                start: file.start,
+                segment_size,
+            });
+        }
+        if file.len > segment_size {
+            return Err(FileLogError::SegmentTooLong {
+                path: file.path.clone(),
+                len: file.len,
+                segment_size,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// The segment files of `commitlog/` with their lengths, sorted by start offset: every entry
+/// must have a segment file name and be a regular file.
+fn list(commitlog: &Path) -> Result<Vec<SegmentFile>, FileLogError> {
     let entries = fs::read_dir(commitlog).map_err(|e| FileLogError::io("list", commitlog, e))?;
     let mut files = Vec::new();
     for entry in entries {
@@ -52,20 +89,6 @@ pub(super) fn scan(commitlog: &Path, segment_size: u64) -> Result<Vec<SegmentFil
         let meta = fs::metadata(&path).map_err(|e| FileLogError::io("stat", &path, e))?;
         if !meta.is_file() {
             return Err(FileLogError::NotAFile { path });
-        }
-        if start % segment_size != 0 {
-            return Err(FileLogError::UnalignedSegment {
-                path,
-                start,
-                segment_size,
-            });
-        }
-        if meta.len() > segment_size {
-            return Err(FileLogError::SegmentTooLong {
-                path,
-                len: meta.len(),
-                segment_size,
-            });
         }
         files.push(SegmentFile {
             start,
@@ -111,7 +134,8 @@ pub(super) fn map_segment(
 ) -> Result<Bytes, FileLogError> {
     let len = usize::try_from(segment_size).map_err(|_| FileLogError::InvalidSegmentSize {
         size: segment_size,
-        max: isize::MAX as u64,
+        min: super::MIN_SEGMENT_SIZE,
+        max: super::MAX_SEGMENT_SIZE,
     })?;
     // SAFETY: memmap2 requires that nobody changes or truncates the mapped file while the
     // mapping is alive, since Rust treats the mapped bytes as an immutable `&[u8]`.
