@@ -2,6 +2,7 @@
 //! run both over loopback with generated data (`demo`, no set-up needed).
 
 mod bench;
+mod policy;
 mod progress;
 mod seconds;
 mod signals;
@@ -17,10 +18,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
+use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{Config, ConnectionId, LogSource, StartPosition};
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog, FlushMode, Flusher};
 use rocketmq_ha_transports::{MasterHandle, Running, SharedLog, SlaveHandle, Transport};
 
+use policy::Policy;
 use progress::{Progress, Rate};
 use seconds::Seconds;
 use size::{mb_per_s, Human, SegmentSize, Size};
@@ -100,6 +103,31 @@ struct MasterArgs {
     /// segment (RocketMQ's rule).
     #[arg(long)]
     from_oldest: bool,
+    /// Flow control: the most bytes a second (headers and bodies) sent to each slave
+    /// (RocketMQ's haFlowControlEnable + maxHaTransferByteInSecond, 100MiB when on). Off by
+    /// default.
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    rate_limit: Option<Size>,
+    /// With --rate-limit: one limit for all slaves together, split evenly among them.
+    #[arg(long, requires = "rate_limit")]
+    rate_limit_shared: bool,
+    /// Make --append-rate's appends synchronous, like SYNC_MASTER puts: each waits for the
+    /// slaves --sync-policy asks for (by default one) for up to 3 s (slaveTimeout) and counts
+    /// as failed otherwise.
+    #[arg(long, requires = "append_rate")]
+    sync: bool,
+    /// Which slaves a synchronous append waits for: slaves:N (the default, slaves:1: a
+    /// SYNC_MASTER always waits for a slave), slave-ok (RocketMQ 4.9: fail at once unless a
+    /// slave is connected and close), in-sync:N[,min=M][,auto] (RocketMQ 5's inSyncReplicas,
+    /// minInSyncReplicas, enableAutoInSyncReplicas; N counts the master, so RocketMQ 5's
+    /// default in-sync:1 waits for no slave at all), all-in-sync (allAckInSyncStateSet).
+    #[arg(
+        long,
+        value_name = "POLICY",
+        default_value = "slaves:1",
+        requires = "sync"
+    )]
+    sync_policy: Policy,
     /// Seconds between status reports (more than 0, at most a day; below 0.1, reports come
     /// every 0.1 s).
     #[arg(
@@ -223,6 +251,17 @@ fn master(args: MasterArgs) -> Result<(), Failure> {
     );
     let transport = Transport::from(args.transport);
     let master = MasterHandle::new(log, config);
+    if let Some(rate) = args.rate_limit {
+        let rate = std::num::NonZeroU64::new(rate.0.max(rocketmq_ha::flow::MIN_RATE))
+            .unwrap_or(std::num::NonZeroU64::MIN);
+        master.set_rate_limit(Some(if args.rate_limit_shared {
+            RateLimit::Shared(rate)
+        } else {
+            RateLimit::PerConnection(rate)
+        }));
+    }
+    let policy = args.sync.then_some(args.sync_policy.0);
+    let (mut synced_ok, mut synced_failed) = (0u64, 0u64);
     // RocketMQ's flush service: the store is made durable every 0.5 s (FlushPolicy::ROCKETMQ).
     let flusher = Flusher::spawn(master.log().clone()).context("starting the flusher")?;
     signals::install();
@@ -243,7 +282,23 @@ fn master(args: MasterArgs) -> Result<(), Failure> {
             let due = (rate.0 as f64 * started.elapsed().as_secs_f64()) as u64;
             while appended < due {
                 let n = (due - appended).min(1 << 20);
-                master.append(generator.bytes(n)).context("appending")?;
+                let data = generator.bytes(n);
+                match policy {
+                    None => {
+                        master.append(data).context("appending")?;
+                    }
+                    Some(policy) => {
+                        let timeout = config.slave_timeout();
+                        match master.append_replicated_blocking(data, policy, timeout) {
+                            Ok(_) => synced_ok += 1,
+                            Err(rocketmq_ha_transports::Error::Sync(e)) => {
+                                synced_failed += 1;
+                                eprintln!("synchronous append not acknowledged: {e}");
+                            }
+                            Err(e) => return Err(e).context("appending"),
+                        }
+                    }
+                }
                 appended += n;
             }
         }
@@ -256,6 +311,9 @@ fn master(args: MasterArgs) -> Result<(), Failure> {
         if Instant::now() >= next_status {
             next_status += interval;
             report_slaves(&master, &mut rates, started);
+            if policy.is_some() {
+                println!("  synchronous appends: {synced_ok} acknowledged, {synced_failed} not");
+            }
         }
         if flusher.is_finished() {
             let error = flusher.stop().err();

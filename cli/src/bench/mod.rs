@@ -28,6 +28,7 @@
 //! the figures.
 
 mod fanout;
+mod flow;
 mod json;
 mod latency;
 mod loopback;
@@ -49,6 +50,7 @@ use rocketmq_ha_transports::{Running, SlaveHandle, Transport};
 use crate::size::{Human, SegmentSize, Size};
 use crate::{Context, Failure, Generator, TempDir, TransportArg};
 use fanout::{fanout, Fanout};
+use flow::flow;
 use latency::sync_latency;
 use loopback::loopback;
 use memory::idle_memory;
@@ -119,12 +121,18 @@ pub struct BenchArgs {
     /// Idle connections per step of the memory test (N, then 2N).
     #[arg(long, value_name = "N", default_value_t = 256)]
     idle_connections: usize,
+    /// The flow-control limit to hold (RocketMQ's maxHaTransferByteInSecond).
+    #[arg(long, value_name = "BYTES_PER_SEC", default_value = "100MiB")]
+    flow_rate: Size,
+    /// Seconds over which the flow-control rate is measured.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    flow_seconds: u64,
     /// Measure only these parts, comma-separated (default: all).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "throughput,latency,fanout,memory"
+        default_value = "throughput,latency,fanout,memory,flow"
     )]
     only: Vec<Part>,
     /// Print one JSON object instead of tables.
@@ -143,6 +151,8 @@ enum Part {
     Fanout,
     /// Resident memory per idle connection.
     Memory,
+    /// A flow-control limit held over a window.
+    Flow,
 }
 
 pub fn bench(args: BenchArgs) -> Result<(), Failure> {
@@ -288,6 +298,23 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     }
     drop(source);
 
+    let mut flows = Vec::new();
+    if part(Part::Flow) {
+        for &transport in &transports {
+            note(format_args!(
+                "flow control, {transport}, {}/s for {} s",
+                Human(args.flow_rate.0),
+                args.flow_seconds
+            ));
+            flows.push(flow(
+                transport,
+                configs[0],
+                args.flow_rate.0,
+                Duration::from_secs(args.flow_seconds.max(1)),
+            )?);
+        }
+    }
+
     let results = Results {
         machine,
         args: &args,
@@ -297,6 +324,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
         latencies,
         fanouts,
         memory,
+        flows,
     };
     if args.json {
         println!("{}", results.json());

@@ -1,6 +1,7 @@
 //! The figures of one `bench` run, printed as tables or as one JSON object.
 
 use super::fanout::Fanout;
+use super::flow::Flow;
 use super::json::Json;
 use super::latency::Latency;
 use super::memory::Memory;
@@ -8,6 +9,8 @@ use super::probe::Machine;
 use super::throughput::Throughput;
 use super::{median, BenchArgs};
 use crate::size::Human;
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 /// Everything measured, for printing.
 pub(super) struct Results<'a> {
@@ -19,6 +22,7 @@ pub(super) struct Results<'a> {
     pub(super) latencies: Vec<Latency>,
     pub(super) fanouts: Vec<Fanout>,
     pub(super) memory: Vec<Memory>,
+    pub(super) flows: Vec<Flow>,
 }
 
 impl Results<'_> {
@@ -111,6 +115,24 @@ impl Results<'_> {
         }
         if !self.memory.is_empty() {
             self.print_memory();
+        }
+        if !self.flows.is_empty() {
+            println!();
+            println!("flow control (per-connection limit, Config::rate_limit; one slave)");
+            println!(
+                "  {:<10} {:>12} {:>12} {:>8} {:>8}",
+                "transport", "limit MiB/s", "held MiB/s", "of limit", "window"
+            );
+            for f in &self.flows {
+                println!(
+                    "  {:<10} {:>12.1} {:>12.1} {:>7.1}% {:>7.1}s",
+                    f.transport.name(),
+                    f.limit as f64 / MIB,
+                    f.held / MIB,
+                    100.0 * f.held / f.limit as f64,
+                    f.window.as_secs_f64()
+                );
+            }
         }
         if !self.replication.is_empty() {
             println!();
@@ -291,6 +313,22 @@ impl Results<'_> {
                         ),
                     ),
                 ]),
+            ),
+            (
+                "flow_control",
+                Json::List(
+                    self.flows
+                        .iter()
+                        .map(|f| {
+                            Json::obj([
+                                ("transport", f.transport.name().into()),
+                                ("limit_bytes_per_s", f.limit.into()),
+                                ("held_bytes_per_s", f.held.into()),
+                                ("window_s", f.window.as_secs_f64().into()),
+                            ])
+                        })
+                        .collect(),
+                ),
             ),
             (
                 "cpu_seconds_per_gib",
