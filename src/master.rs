@@ -455,14 +455,19 @@ impl MasterConnection {
         if !body.is_empty() {
             // A log returning more than asked must not make a frame cross a segment.
             body.truncate(max_len);
-            // §3.9: the whole frame waits until the budget holds it; never an empty frame.
-            let frame_len = (TRANSFER_HEADER_LEN + body.len()) as u64;
+            // §3.9: the frame waits until the budget holds half a frame (or all of a smaller
+            // one), then carries what the budget allows; never an empty frame.
             if let Some(budget) = self.budget.as_mut() {
-                if !budget.allows(frame_len, now) {
-                    self.flow_ready = Some(budget.ready_at(frame_len));
+                let header_len = TRANSFER_HEADER_LEN as u64;
+                let frame_len = header_len + body.len() as u64;
+                let threshold = frame_len.min((budget.capacity() / 2).max(header_len + 1));
+                if !budget.allows(threshold, now) {
+                    self.flow_ready = Some(budget.ready_at(threshold));
                     return self.heartbeat_if_due(now, next);
                 }
-                budget.spend(frame_len, now);
+                let room = budget.available(now).saturating_sub(header_len);
+                body.truncate(room.min(body.len() as u64) as usize);
+                budget.spend(header_len + body.len() as u64, now);
             }
             self.flow_ready = None;
             let header = TransferHeader {
@@ -720,6 +725,30 @@ mod tests {
     }
 
     #[test]
+    fn a_large_batch_at_a_high_rate_is_held_too() {
+        let t0 = Instant::now();
+        let rate = 100 << 20;
+        let config = Config::builder()
+            .transfer_batch_size(1 << 20)
+            .first_batch_size(Some(32 << 10))
+            .rate_limit(std::num::NonZeroU64::new(rate))
+            .build()
+            .unwrap();
+        let mut log = MemoryLog::new(1 << 30);
+        for _ in 0..2200 {
+            log.push(Bytes::from(vec![1u8; 1 << 20]));
+        }
+        let mut c = MasterConnection::new(config, t0);
+        c.handle_input(t0, &encode_report(1 << 20), &log).unwrap();
+        let total: u64 = run_limited(&mut c, &log, t0, 10).iter().map(|f| f.1).sum();
+        assert!(
+            total >= rate * 10 * 99 / 100,
+            "{total} bytes in 10 s, {} MiB/s",
+            total >> 20
+        );
+    }
+
+    #[test]
     fn a_rate_limit_can_be_raised_on_a_running_connection() {
         let t0 = Instant::now();
         let config = Config::builder()
@@ -756,12 +785,12 @@ mod tests {
         log.push(vec![1u8; 1 << 20]);
         let mut c = MasterConnection::new(config, t0);
         c.handle_input(t0, &encode_report(1), &log).unwrap();
-        // The first full frame spends the budget; the next needs ~98 s of refill.
+        // The first full frame spends the budget; the next waits for half a frame, ~49 s.
         let first = c.poll_transmit(t0, &log).unwrap().unwrap();
         assert_eq!(first.header().body_len, 100_000);
         c.on_transmitted(t0).unwrap();
         assert!(c.poll_transmit(t0, &log).unwrap().is_none());
-        assert!(c.flow_ready_at().unwrap() > t0 + Duration::from_secs(90));
+        assert!(c.flow_ready_at().unwrap() > t0 + Duration::from_secs(45));
         let hb = t0 + Duration::from_secs(5);
         assert_eq!(c.poll_timeout(), Some(hb));
         let t = c.poll_transmit(hb, &log).unwrap().unwrap();

@@ -277,7 +277,7 @@ fn a_slave_whose_master_stops_reading_closes_at_the_stall_limit_and_resumes() {
         faults: Some(faults),
         ..options()
     };
-    let seeds: Vec<u64> = (2_000_000..2_000_300).collect();
+    let seeds: Vec<u64> = (2_000_000..2_000_150).collect();
     let outcomes = run_all(&seeds, &options).unwrap_or_else(|f| panic!("{}", f[0]));
     let stalls: u64 = outcomes.iter().map(|(_, o, _)| o.report_stall_closes).sum();
     assert!(stalls > 0, "no run had a report stall to close");
@@ -298,7 +298,7 @@ fn a_slave_on_a_full_disk_backs_off_and_resumes() {
         faults: Some(faults),
         ..options()
     };
-    let seeds: Vec<u64> = (3_000_000..3_000_200).collect();
+    let seeds: Vec<u64> = (3_000_000..3_000_100).collect();
     let outcomes = run_all(&seeds, &options).unwrap_or_else(|f| panic!("{}", f[0]));
     let failures: u64 = outcomes.iter().map(|(_, o, _)| o.local_failures).sum();
     assert!(failures > 0, "no run had a failed store");

@@ -1041,7 +1041,10 @@ impl MasterNode {
             let Some(conn) = self.conns.get_mut(&link) else {
                 return Ok(());
             };
-            conn.flow.saw(now);
+            // The machine is handed the time only when it is asked for a new frame.
+            if !conn.lp.connection().is_transmitting() {
+                conn.flow.saw(now);
+            }
             let t = match conn.lp.poll_write(now, &self.log) {
                 Ok(None) => return Ok(()),
                 Ok(Some(t)) => t,

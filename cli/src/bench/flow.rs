@@ -8,7 +8,7 @@ use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rocketmq_ha::{Config, LogSource, MemoryLog};
+use rocketmq_ha::{Config, LogSource, MemoryLog, StartPosition};
 use rocketmq_ha_transports::{MasterHandle, SlaveHandle, Transport};
 
 use super::{loopback_addr, PHASE_LIMIT};
@@ -31,8 +31,12 @@ pub(super) fn flow(
     window: Duration,
 ) -> Result<Flow, Failure> {
     let rate = NonZeroU64::new(limit).ok_or_else(|| Failure("--flow-rate must be > 0".into()))?;
+    // The whole log is fetched from its start (not RocketMQ's last-segment rule, which would
+    // leave only the last segment to send).
     let config = Config::builder()
         .transfer_batch_size(config.transfer_batch_size())
+        .first_batch_size(config.first_batch_size())
+        .start_position(StartPosition::OldestRetained)
         .rate_limit(Some(rate))
         .build()
         .map_err(|e| Failure(format!("flow-control configuration: {e}")))?;
