@@ -2,6 +2,7 @@
 //! run both over loopback with generated data (`demo`, no set-up needed).
 
 mod bench;
+mod broker_conf;
 mod policy;
 mod progress;
 mod seconds;
@@ -17,12 +18,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{Config, ConnectionId, LogSource, StartPosition};
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog, FlushMode, Flusher};
 use rocketmq_ha_transports::{MasterHandle, Running, SharedLog, SlaveHandle, Transport};
 
+use broker_conf::BrokerConf;
 use policy::Policy;
 use progress::{Progress, Rate};
 use seconds::Seconds;
@@ -121,13 +124,15 @@ struct MasterArgs {
     /// slave is connected and close), in-sync:N[,min=M][,auto] (RocketMQ 5's inSyncReplicas,
     /// minInSyncReplicas, enableAutoInSyncReplicas; N counts the master, so RocketMQ 5's
     /// default in-sync:1 waits for no slave at all), all-in-sync (allAckInSyncStateSet).
-    #[arg(
-        long,
-        value_name = "POLICY",
-        default_value = "slaves:1",
-        requires = "sync"
-    )]
+    #[arg(long, value_name = "POLICY", default_value = "slaves:1")]
     sync_policy: Policy,
+    /// Read the HA keys of a RocketMQ broker.conf (brokerRole, haListenPort,
+    /// mappedFileSizeCommitLog, haSendHeartbeatInterval, haHousekeepingInterval,
+    /// haTransferBatchSize, haMaxGapNotInSync, slaveTimeout, haFlowControlEnable,
+    /// maxHaTransferByteInSecond, inSyncReplicas, minInSyncReplicas, enableAutoInSyncReplicas,
+    /// allAckInSyncStateSet); flags given here win over the file.
+    #[arg(long, value_name = "FILE")]
+    broker_conf: Option<PathBuf>,
     /// Seconds between status reports (more than 0, at most a day; below 0.1, reports come
     /// every 0.1 s).
     #[arg(
@@ -141,9 +146,13 @@ struct MasterArgs {
 
 #[derive(clap::Args)]
 struct SlaveArgs {
-    /// The master's HA address, HOST:PORT.
-    #[arg(long, value_name = "ADDR")]
-    master: String,
+    /// The master's HA address, HOST:PORT (or haMasterAddress of --broker-conf).
+    #[arg(long, value_name = "ADDR", required_unless_present = "broker_conf")]
+    master: Option<String>,
+    /// Read the HA keys of a RocketMQ broker.conf (haMasterAddress, mappedFileSizeCommitLog,
+    /// haSendHeartbeatInterval, haHousekeepingInterval); flags given here win over the file.
+    #[arg(long, value_name = "FILE")]
+    broker_conf: Option<PathBuf>,
     /// Store directory, holding `commitlog/`; created empty if missing.
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
@@ -186,6 +195,7 @@ struct DemoArgs {
 }
 
 /// A failure shown to the user: what we were doing, and why it failed.
+#[derive(Debug)]
 struct Failure(String);
 
 trait Context<T> {
@@ -199,9 +209,13 @@ impl<T, E: Display> Context<T> for Result<T, E> {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
-        Command::Master(args) => master(args),
-        Command::Slave(args) => slave(args),
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let given = Given(sub);
+    let result = match cli.command {
+        Command::Master(args) => master(args, &given),
+        Command::Slave(args) => slave(args, &given),
         Command::Demo(args) => demo(args),
         Command::Bench(args) => bench::bench(args),
     };
@@ -214,15 +228,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which options were given on the command line (they win over `--broker-conf`).
+struct Given<'a>(Option<&'a ArgMatches>);
+
+impl Given<'_> {
+    fn flag(&self, id: &str) -> bool {
+        self.0
+            .is_some_and(|m| m.value_source(id) == Some(ValueSource::CommandLine))
+    }
+}
+
+/// Reads `--broker-conf`, or nothing.
+fn broker_conf(path: Option<&Path>) -> Result<BrokerConf, Failure> {
+    path.map_or(Ok(BrokerConf::default()), BrokerConf::load)
+}
+
+/// A segment size from a broker.conf, checked as `--segment-size` is.
+fn conf_segment_size(conf: &BrokerConf, flag: SegmentSize) -> Result<SegmentSize, Failure> {
+    match conf.segment_size()? {
+        Some(size) => size
+            .to_string()
+            .parse()
+            .map_err(|e| Failure(format!("mappedFileSizeCommitLog={size}: {e}"))),
+        None => Ok(flag),
+    }
+}
+
 /// The most log bytes in the first frame of a connection (doubling per frame up to the batch
 /// size): a connecting slave stores its first bytes without waiting for a whole large batch.
 const FIRST_BATCH: u64 = 32 * 1024;
 
 fn config(batch: Size, first: Size, start: StartPosition) -> Result<Config, Failure> {
+    config_with(Config::builder(), batch, first, start)
+}
+
+fn config_with(
+    builder: rocketmq_ha::ConfigBuilder,
+    batch: Size,
+    first: Size,
+    start: StartPosition,
+) -> Result<Config, Failure> {
     let size = |s: Size| {
         u32::try_from(s.0).map_err(|_| Failure(format!("batch size {} is too large", s.0)))
     };
-    Config::builder()
+    builder
         .transfer_batch_size(size(batch)?)
         .first_batch_size(Some(size(first)?))
         .start_position(start)
@@ -235,12 +284,47 @@ fn open_store(path: &Path, segment_size: SegmentSize) -> Result<FileLog, Failure
         .context(format_args!("opening store {}", path.display()))
 }
 
-fn master(args: MasterArgs) -> Result<(), Failure> {
+fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
+    let conf = broker_conf(args.broker_conf.as_deref())?;
+    if !given.flag("listen") {
+        if let Some(port) = conf.listen_port()? {
+            args.listen.set_port(port);
+        }
+    }
+    if !given.flag("segment_size") {
+        args.segment_size = conf_segment_size(&conf, args.segment_size)?;
+    }
+    if !given.flag("batch_size") {
+        if let Some(batch) = conf.batch_size()? {
+            args.batch_size = Size(batch);
+        }
+    }
+    if !given.flag("rate_limit") {
+        args.rate_limit = conf.rate_limit()?.map(Size).or(args.rate_limit);
+    }
+    if !given.flag("sync_policy") {
+        if let Some(policy) = conf.ack_policy()? {
+            args.sync_policy = Policy(policy);
+        }
+    }
+    if conf.role().as_deref() == Some("SYNC_MASTER") && args.append_rate.is_some() {
+        args.sync = true;
+    }
+    if given.flag("sync_policy") && !args.sync {
+        return Err(Failure(
+            "--sync-policy needs --sync (or brokerRole=SYNC_MASTER in --broker-conf)".into(),
+        ));
+    }
     let start = match args.from_oldest {
         true => StartPosition::OldestRetained,
         false => StartPosition::LastSegment,
     };
-    let config = config(args.batch_size, args.first_batch_size, start)?;
+    let config = config_with(
+        conf.apply(Config::builder())?,
+        args.batch_size,
+        args.first_batch_size,
+        start,
+    )?;
     let log = open_store(&args.store, args.segment_size)?;
     eprintln!(
         "store {}: offsets {}..{} ({})",
@@ -376,13 +460,29 @@ fn report_slaves(
     }
 }
 
-fn slave(args: SlaveArgs) -> Result<(), Failure> {
-    let addr = args
-        .master
+fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
+    let conf = broker_conf(args.broker_conf.as_deref())?;
+    if !given.flag("segment_size") {
+        args.segment_size = conf_segment_size(&conf, args.segment_size)?;
+    }
+    let master = match (&args.master, conf.master_address()) {
+        (Some(master), _) => master.clone(),
+        (None, Some(master)) => master.to_owned(),
+        (None, None) => {
+            return Err(Failure(
+                "give --master, or haMasterAddress in --broker-conf".into(),
+            ))
+        }
+    };
+    let addr = master
         .to_socket_addrs()
-        .context(format_args!("resolving {}", args.master))?
+        .context(format_args!("resolving {master}"))?
         .next()
-        .ok_or_else(|| Failure(format!("{} resolves to no address", args.master)))?;
+        .ok_or_else(|| Failure(format!("{master} resolves to no address")))?;
+    let slave_config = conf
+        .apply(Config::builder())?
+        .build()
+        .context("invalid settings")?;
     let mut log = open_store(&args.store, args.segment_size)?;
     if args.flush_before_ack {
         log.set_flush_mode(FlushMode::EveryAppend)
@@ -400,7 +500,7 @@ fn slave(args: SlaveArgs) -> Result<(), Failure> {
             ""
         }
     );
-    let slave = SlaveHandle::new(addr, log, Config::default());
+    let slave = SlaveHandle::new(addr, log, slave_config);
     // With --flush-before-ack every append syncs and the flusher finds nothing to do.
     let flusher = Flusher::spawn(slave.log().clone()).context("starting the flusher")?;
     signals::install();

@@ -68,6 +68,10 @@ fn bench_json_has_every_key_with_positive_figures() {
         "1,3",
         "--fanout-bytes",
         "2MiB",
+        "--flow-rate",
+        "1MiB",
+        "--flow-seconds",
+        "1",
         "--idle-connections",
         "4",
         "--json",
@@ -109,6 +113,7 @@ fn bench_json_has_every_key_with_positive_figures() {
         "\"sync_latency_us\":[",
         "\"fanout\":[",
         "\"memory_per_connection_bytes\":{\"master\":",
+        "\"flow_control\":[{\"transport\":",
         "\"cpu_seconds_per_gib\":{\"master\":",
         "\"batch_size\":32768",
         "\"message_size\":1024",
@@ -486,4 +491,40 @@ impl Drop for TempStore {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+#[test]
+fn a_broker_conf_is_read_and_its_bad_values_are_named() {
+    let dir = std::env::temp_dir().join(format!("rocketmq-ha-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("broker.conf");
+    std::fs::write(
+        &conf,
+        "brokerRole=SYNC_MASTER\nhaSendHeartbeatInterval=soon\n",
+    )
+    .unwrap();
+    let store = dir.join("store");
+    let (ok, _, stderr) = run(&[
+        "master",
+        "--broker-conf",
+        conf.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("haSendHeartbeatInterval=soon"), "{stderr}");
+    // A slave needs a master: from --master or the file's haMasterAddress.
+    std::fs::write(&conf, "haSendHeartbeatInterval=2000\n").unwrap();
+    let (ok, _, stderr) = run(&[
+        "slave",
+        "--broker-conf",
+        conf.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("haMasterAddress"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

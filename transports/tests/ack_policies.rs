@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use rocketmq_ha::{AckPolicy, Config, LogSource, MemoryLog, StartPosition, SyncError};
+use rocketmq_ha::{AckPolicy, Config, MemoryLog, StartPosition, SyncError};
 use rocketmq_ha_transports::{Error, MasterHandle, SlaveHandle, Transport};
 
 const GAP: u64 = 64 * 1024;
