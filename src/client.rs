@@ -580,16 +580,7 @@ mod tests {
     use crate::wire::TRANSFER_HEADER_LEN;
     use std::time::Duration;
 
-    fn frame(offset: u64, body: &[u8]) -> Vec<u8> {
-        let mut v = TransferHeader {
-            offset,
-            body_len: body.len() as u32,
-        }
-        .encode()
-        .to_vec();
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::wire::test_frame as frame;
 
     fn connected(stored: u64) -> (HaClient, Instant) {
         let t0 = Instant::now();

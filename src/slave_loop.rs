@@ -356,19 +356,9 @@ impl SlaveLoop {
 mod tests {
     use super::*;
     use crate::log::{LogSink, LogSource, MemoryLog};
-    use crate::wire::TransferHeader;
     use std::time::Duration;
 
-    fn frame(offset: u64, body: &[u8]) -> Vec<u8> {
-        let mut v = TransferHeader {
-            offset,
-            body_len: body.len() as u32,
-        }
-        .encode()
-        .to_vec();
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::wire::test_frame as frame;
 
     /// Reads `bytes` as the socket would: as much as each lent buffer holds.
     fn read(lp: &mut SlaveLoop, now: Instant, mut bytes: &[u8]) -> Result<(), ClientError> {

@@ -383,3 +383,13 @@ mod tests {
         assert!(decode_transfer(&mut buf, 1 << 20).is_err());
     }
 }
+
+/// A whole transfer frame (header and body) as bytes: what a master writes, for tests.
+#[cfg(test)]
+pub(crate) fn test_frame(offset: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = TransferHeader::new(offset, body.len() as u32)
+        .encode()
+        .to_vec();
+    v.extend_from_slice(body);
+    v
+}
