@@ -734,9 +734,11 @@ mod tests {
             .rate_limit(std::num::NonZeroU64::new(rate))
             .build()
             .unwrap();
+        // 1.1 GiB of log, all of it one shared 1 MiB buffer.
         let mut log = MemoryLog::new(1 << 30);
-        for _ in 0..2200 {
-            log.push(Bytes::from(vec![1u8; 1 << 20]));
+        let chunk = Bytes::from(vec![1u8; 1 << 20]);
+        for _ in 0..1100 {
+            log.push(chunk.clone());
         }
         let mut c = MasterConnection::new(config, t0);
         c.handle_input(t0, &encode_report(1 << 20), &log).unwrap();
