@@ -53,6 +53,14 @@ enum Command {
     /// and batch size, sync-replication latency, fan-out, memory per idle connection, CPU per
     /// GiB. Prints a table (or one JSON object with --json).
     Bench(bench::BenchArgs),
+    /// The benchmark's ping-pong partner (internal): answers each length-prefixed message with
+    /// 8 bytes.
+    #[command(hide = true)]
+    Echo {
+        /// The benchmark's address.
+        #[arg(long)]
+        connect: SocketAddr,
+    },
 }
 
 /// Which driver moves the bytes.
@@ -218,6 +226,7 @@ fn main() -> ExitCode {
         Command::Slave(args) => slave(args, &given),
         Command::Demo(args) => demo(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Echo { connect } => bench::echo(connect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

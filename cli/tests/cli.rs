@@ -94,10 +94,12 @@ fn bench_json_has_every_key_with_positive_figures() {
     for (key, count) in [
         ("loopback_mbps", 1),
         ("ratio_to_loopback", 6),
-        ("p50", 6),
-        ("p90", 6),
-        ("p99", 6),
-        ("p999", 6),
+        // Six sync-latency rows (3 transports x 2 sizes) and the two ping-pong rows.
+        ("p50", 8),
+        ("p90", 8),
+        ("p99", 8),
+        ("p999", 8),
+        ("p50_to_ping_pong", 6),
         ("aggregate_mbps", 4),
         ("first_data_byte_us", 1),
     ] {
@@ -114,6 +116,8 @@ fn bench_json_has_every_key_with_positive_figures() {
         "\"fanout\":[",
         "\"memory_per_connection_bytes\":{\"master\":",
         "\"flow_control\":[{\"transport\":",
+        "\"ping_pong_us\":[{\"message_size\":",
+        "\"p50_to_ping_pong\":",
         "\"cpu_seconds_per_gib\":{\"master\":",
         "\"batch_size\":32768",
         "\"message_size\":1024",

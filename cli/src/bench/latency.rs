@@ -107,7 +107,7 @@ pub(super) fn sync_latency(
 }
 
 /// A child process, killed (and reaped) when dropped.
-struct Child(std::process::Child);
+pub(super) struct Child(pub(super) std::process::Child);
 
 impl Child {
     fn exited(&mut self) -> bool {

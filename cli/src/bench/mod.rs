@@ -17,6 +17,9 @@
 //!   and waits until the slave acknowledged it (`append_replicated_blocking`, a `SYNC_MASTER`
 //!   put); the latency of each put is recorded. The slave runs as a child process
 //!   (`rocketmq-ha slave`), as in a deployment.
+//! - **ping-pong**: the latency reference, a plain TCP request/response of each message size
+//!   with the same process layout (a child process answers 8 bytes), so each sync-latency row
+//!   also reads as a ratio to the network's round trip.
 //! - **fan-out**: one master and N slaves (tasks of one executor per thread, one thread per CPU
 //!   at most), each into its own fresh store, the case's bytes divided among them.
 //! - **memory**: the growth of this process's resident memory from N to 2N idle connections,
@@ -33,6 +36,7 @@ mod json;
 mod latency;
 mod loopback;
 mod memory;
+mod pingpong;
 mod probe;
 mod report;
 mod throughput;
@@ -54,6 +58,8 @@ use flow::flow;
 use latency::sync_latency;
 use loopback::loopback;
 use memory::idle_memory;
+pub use pingpong::echo;
+use pingpong::ping_pong;
 use probe::Machine;
 use report::Results;
 use throughput::{median_row, replicate, Throughput};
@@ -253,7 +259,10 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let replication: Vec<Throughput> = replication_runs.into_iter().map(median_row).collect();
 
     let mut latencies = Vec::new();
+    let mut ping_pongs = Vec::new();
     if part(Part::Latency) {
+        note(format_args!("ping-pong reference"));
+        ping_pongs = ping_pong(&args.message_sizes, args.messages.max(1))?;
         for &transport in &transports {
             note(format_args!("sync latency, {transport}"));
             latencies.extend(sync_latency(
@@ -322,6 +331,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
         reference,
         replication,
         latencies,
+        ping_pongs,
         fanouts,
         memory,
         flows,

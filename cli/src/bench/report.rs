@@ -5,6 +5,7 @@ use super::flow::Flow;
 use super::json::Json;
 use super::latency::Latency;
 use super::memory::Memory;
+use super::pingpong::PingPong;
 use super::probe::Machine;
 use super::throughput::Throughput;
 use super::{median, BenchArgs};
@@ -20,6 +21,7 @@ pub(super) struct Results<'a> {
     pub(super) reference: f64,
     pub(super) replication: Vec<Throughput>,
     pub(super) latencies: Vec<Latency>,
+    pub(super) ping_pongs: Vec<PingPong>,
     pub(super) fanouts: Vec<Fanout>,
     pub(super) memory: Vec<Memory>,
     pub(super) flows: Vec<Flow>,
@@ -144,20 +146,50 @@ impl Results<'_> {
         }
     }
 
+    /// The ping-pong reference for `size`: p50 and p99.
+    fn reference_for(&self, size: u64) -> Option<(f64, f64)> {
+        self.ping_pongs
+            .iter()
+            .find(|p| p.size == size)
+            .map(|p| (p.percentiles[0], p.percentiles[2]))
+    }
+
     fn print_latency(&self) {
+        if !self.ping_pongs.is_empty() {
+            println!(
+                "request/response reference (plain TCP ping-pong to a child process answering 8 \
+                 bytes; same layout as below)"
+            );
+            println!(
+                "  {:<9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "", "message", "p50 us", "p90 us", "p99 us", "p99.9 us"
+            );
+            for p in &self.ping_pongs {
+                let [p50, p90, p99, p999] = p.percentiles;
+                println!(
+                    "  {:<9} {:>9} {p50:>9.0} {p90:>9.0} {p99:>9.0} {p999:>9.0}",
+                    "ping-pong",
+                    Human(p.size).to_string()
+                );
+            }
+            println!();
+        }
         println!(
             "sync replication latency (append, then wait for the slave's ack; {} messages per \
-             size)",
+             size); ratios to the ping-pong of the same size",
             self.args.messages.max(1)
         );
         println!(
-            "  {:<9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "transport", "message", "p50 us", "p90 us", "p99 us", "p99.9 us"
+            "  {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+            "transport", "message", "p50 us", "p90 us", "p99 us", "p99.9 us", "p50 x", "p99 x"
         );
         for l in &self.latencies {
             let [p50, p90, p99, p999] = l.percentiles;
+            let (r50, r99) = self
+                .reference_for(l.size)
+                .map_or((f64::NAN, f64::NAN), |(a, b)| (p50 / a, p99 / b));
             println!(
-                "  {:<9} {:>9} {p50:>9.0} {p90:>9.0} {p99:>9.0} {p999:>9.0}",
+                "  {:<9} {:>9} {p50:>9.0} {p90:>9.0} {p99:>9.0} {p999:>9.0} {r50:>8.1} {r99:>8.1}",
                 l.transport.name(),
                 Human(l.size).to_string()
             );
@@ -261,9 +293,32 @@ impl Results<'_> {
                         .iter()
                         .map(|l| {
                             let [p50, p90, p99, p999] = l.percentiles;
+                            let (r50, r99) = self
+                                .reference_for(l.size)
+                                .map_or((f64::NAN, f64::NAN), |(a, b)| (p50 / a, p99 / b));
                             Json::obj([
                                 ("transport", l.transport.name().into()),
                                 ("message_size", l.size.into()),
+                                ("p50", p50.into()),
+                                ("p90", p90.into()),
+                                ("p99", p99.into()),
+                                ("p999", p999.into()),
+                                ("p50_to_ping_pong", r50.into()),
+                                ("p99_to_ping_pong", r99.into()),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
+            (
+                "ping_pong_us",
+                Json::List(
+                    self.ping_pongs
+                        .iter()
+                        .map(|p| {
+                            let [p50, p90, p99, p999] = p.percentiles;
+                            Json::obj([
+                                ("message_size", p.size.into()),
                                 ("p50", p50.into()),
                                 ("p90", p90.into()),
                                 ("p99", p99.into()),
