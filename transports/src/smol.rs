@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_executor::{Executor, Task};
 use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use rocketmq_ha::{LogSink, LogSource, SyncError};
+use rocketmq_ha::{AckPolicy, LogSink, LogSource, SyncError};
 
 use crate::runtime::{self, Runtime};
 use crate::{MasterHandle, SlaveHandle};
@@ -111,12 +111,13 @@ pub async fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
     runtime::run_slave::<Smol, L>(slave).await
 }
 
-/// Waits until `acks` slaves acknowledged `offset`, `deadline` passed ([`SyncError::Timeout`])
+/// Waits until the slaves `acks` asks for (an [`AckPolicy`], or a number of slaves) acknowledged
+/// `offset`, `deadline` passed ([`SyncError::Timeout`]), the policy failed the write at once,
 /// or the master shut down ([`SyncError::Shutdown`]).
 pub async fn wait_replicated<L>(
     master: &MasterHandle<L>,
     offset: u64,
-    acks: usize,
+    acks: impl Into<AckPolicy>,
     deadline: Instant,
 ) -> Result<(), SyncError> {
     master

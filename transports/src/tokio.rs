@@ -12,7 +12,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rocketmq_ha::{LogSink, LogSource, SyncError};
+use rocketmq_ha::{AckPolicy, LogSink, LogSource, SyncError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -93,12 +93,13 @@ pub async fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
     runtime::run_slave::<Tokio, L>(slave).await
 }
 
-/// Waits until `acks` slaves acknowledged `offset`, `deadline` passed ([`SyncError::Timeout`])
+/// Waits until the slaves `acks` asks for (an [`AckPolicy`], or a number of slaves) acknowledged
+/// `offset`, `deadline` passed ([`SyncError::Timeout`]), the policy failed the write at once,
 /// or the master shut down ([`SyncError::Shutdown`]).
 pub async fn wait_replicated<L>(
     master: &MasterHandle<L>,
     offset: u64,
-    acks: usize,
+    acks: impl Into<AckPolicy>,
     deadline: Instant,
 ) -> Result<(), SyncError> {
     master
