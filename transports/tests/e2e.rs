@@ -5,6 +5,9 @@
 //! Every wait is on a condition with a deadline (the handles' `wait_until_blocking`), never a
 //! sleep.
 
+mod common;
+
+use common::{loopback, pattern, MIB};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -17,7 +20,6 @@ use rocketmq_ha::{
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
 use rocketmq_ha_transports::{Error, MasterHandle, SlaveHandle, Transport};
 
-const MIB: u64 = 1024 * 1024;
 const SEGMENT: u64 = 16 * MIB;
 /// Generous: the machine is shared, and a hung test should fail, not stall CI.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -33,17 +35,6 @@ fn config() -> Config {
 
 fn deadline() -> Instant {
     Instant::now() + PATIENCE
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-/// Deterministic, offset-dependent bytes, so a misplaced byte is caught by comparison.
-fn pattern(start: u64, len: u64) -> Vec<u8> {
-    (start..start + len)
-        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
-        .collect()
 }
 
 /// A small deterministic generator for garbage.

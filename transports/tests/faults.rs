@@ -6,10 +6,13 @@
 //! noticed within a second, and every wait is on a condition with a deadline: a failure fails,
 //! it does not hang.
 
+mod common;
+
 mod proxy;
 
+use common::{loopback, pattern, MIB};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,23 +20,11 @@ use proxy::{hanging_listener, Dir, FaultProxy};
 use rocketmq_ha::{ClientError, Config, ConfigBuilder, MasterError, MemoryLog, StartPosition};
 use rocketmq_ha_transports::{Error, MasterHandle, Running, SlaveHandle, Transport};
 
-const MIB: u64 = 1024 * 1024;
 /// Generous: the machine is shared, and a hung test should fail, not stall CI.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn deadline() -> Instant {
     Instant::now() + PATIENCE
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-/// Deterministic, offset-dependent bytes, so a misplaced byte is caught by comparison.
-fn pattern(start: u64, len: u64) -> Vec<u8> {
-    (start..start + len)
-        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
-        .collect()
 }
 
 // --- the proxy itself -----------------------------------------------------------------------

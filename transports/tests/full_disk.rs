@@ -5,6 +5,9 @@
 //! The full disk is a log wrapper whose appends fail with `ENOSPC` while a flag is set, so the
 //! test needs no privileges and runs the drivers' real store path.
 
+mod common;
+
+use common::{pattern, MIB};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +17,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rocketmq_ha::{Config, LogError, LogSink, LogSource, MemoryLog, StartPosition};
 use rocketmq_ha_transports::{Error, MasterHandle, SharedLog, SlaveHandle, Transport};
-
-const MIB: u64 = 1024 * 1024;
 
 /// A log whose appends fail with "no space left on device" while `full` is set.
 struct FullableLog {
@@ -55,12 +56,6 @@ impl LogSink for FullableLog {
     }
 }
 
-fn pattern(len: u64) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
-        .collect()
-}
-
 fn config() -> Config {
     Config::builder()
         .start_position(StartPosition::OldestRetained)
@@ -75,7 +70,7 @@ fn config() -> Config {
 fn a_full_disk_backs_off_says_why_and_resumes(transport: Transport) {
     let c = config();
     let mut master_log = MemoryLog::new(16 * MIB);
-    master_log.push(pattern(4 * MIB));
+    master_log.push(pattern(0, 4 * MIB));
     let master = MasterHandle::new(master_log, c);
     let server = transport
         .spawn_master(SocketAddr::from(([127, 0, 0, 1], 0)), master.clone())

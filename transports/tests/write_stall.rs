@@ -12,8 +12,11 @@
 //! Filling a send buffer with 8-byte reports on loopback takes care: see
 //! [`proxy::narrow_listener`] for what the fake master's listener does, and why.
 
+mod common;
+
 mod proxy;
 
+use common::{pattern, MIB};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +26,6 @@ use std::time::{Duration, Instant};
 use rocketmq_ha::{ClientError, Config, ConfigBuilder, MasterError, MemoryLog, StartPosition};
 use rocketmq_ha_transports::{Error, MasterHandle, SlaveHandle, Transport};
 
-const MIB: u64 = 1024 * 1024;
 const SEGMENT: u64 = 64 * MIB;
 /// Generous: the machine is shared, and a hung test should fail, not stall CI.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -38,13 +40,6 @@ const FLOOD_LIMIT: u64 = 256 * MIB;
 
 fn deadline() -> Instant {
     Instant::now() + PATIENCE
-}
-
-/// Deterministic, offset-dependent bytes, so a misplaced byte is caught by comparison.
-fn pattern(start: u64, len: u64) -> Vec<u8> {
-    (start..start + len)
-        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
-        .collect()
 }
 
 fn config() -> ConfigBuilder {
