@@ -106,7 +106,16 @@ fn reader<L: LogSource>(
     let log = conn.master().log();
     let mut reports = [0u8; 1024];
     while !done.load(Ordering::SeqCst) {
-        let deadline = lock(machine).poll_timeout();
+        let deadline = {
+            // Deadlines first, every turn: a slave that floods reports keeps `read` from ever
+            // timing out.
+            let mut m = lock(machine);
+            let now = Instant::now();
+            if m.poll_timeout().is_some_and(|d| d <= now) {
+                m.handle_timeout(now)?;
+            }
+            m.poll_timeout()
+        };
         stream.set_read_timeout(read_timeout(deadline))?;
         let read = stream.read(&mut reports);
         let mut m = lock(machine);
@@ -227,6 +236,12 @@ fn slave_connection<L: LogSink>(driver: &mut SlaveDriver<L>, mut stream: &TcpStr
         return driver.closed(Some(e.into()));
     }
     while driver.is_connected() {
+        // Every turn, not only when a read times out: a master that keeps the socket readable
+        // must not hold off the write-stall limit or housekeeping.
+        driver.on_due();
+        if !driver.is_connected() {
+            return;
+        }
         let mut write_blocked = false;
         if let Some(report) = driver.poll_write() {
             match rustix::net::send(stream, report.as_bytes(), SendFlags::DONTWAIT) {

@@ -115,6 +115,13 @@ async fn master_loop<R: Runtime, L: LogSource>(
     let mut rate_seen = None;
     loop {
         conn.apply_rate_limit(&mut lp, &mut rate_seen);
+        // Deadlines are handled on every turn, not only when the alarm wins the race: a slave
+        // that floods reports (always readable) must not hold off housekeeping or the
+        // write-stall limit.
+        let now = Instant::now();
+        if lp.poll_timeout().is_some_and(|d| d <= now) {
+            lp.handle_timeout(now)?;
+        }
         let mut grew = None;
         let mut pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
         if pending.is_none() {
@@ -222,22 +229,29 @@ enum SlaveWake {
 async fn slave_connection<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>, socket: &R::Socket) {
     let mut alarm = None;
     while slave.is_connected() {
+        slave.on_due();
+        if !slave.is_connected() {
+            return;
+        }
         let report = slave.poll_write();
         rearm(&mut alarm, slave.deadline(), R::sleep_until);
         let wants_read = slave.wants_read();
-        // Reads first: the master's frames are what the slave is for.
+        // The report first: it is at most 8 bytes and pending only after new data was stored,
+        // so it cannot starve reads; with reads first, a master that outpaces the slave (data
+        // always readable) would starve the acks until the write-stall limit closed the
+        // connection. A report the socket does not take stays pending while reads go on.
         let wake = async {
-            if !wants_read {
-                std::future::pending::<()>().await;
-            }
-            SlaveWake::Read(R::read(socket, slave.read_buf()).await)
-        }
-        .or(async {
             let Some(report) = &report else {
                 return std::future::pending().await;
             };
             let slices = [IoSlice::new(report.as_bytes())];
             SlaveWake::Wrote(R::write_vectored(socket, &slices).await)
+        }
+        .or(async {
+            if !wants_read {
+                std::future::pending::<()>().await;
+            }
+            SlaveWake::Read(R::read(socket, slave.read_buf()).await)
         })
         .or(async {
             ring(&mut alarm).await;

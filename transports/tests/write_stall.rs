@@ -18,7 +18,7 @@ mod proxy;
 
 use common::{pattern, MIB};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -94,6 +94,69 @@ fn flood(mut stream: TcpStream, stop: &AtomicBool, sent: &AtomicU64) {
         // reads, many reports (a slave that reads in big batches reports rarely).
         thread::sleep(Duration::from_micros(50));
     }
+}
+
+/// A master that floods heartbeats as fast as the socket takes them keeps the slave busy
+/// reading. The slave's timers must fire all the same: its own heartbeat reports (every
+/// millisecond here) keep coming. (The drivers handle a passed deadline on every turn of their
+/// loop, not only when a read has nothing to return; on this machine the slave parses fast
+/// enough that its socket is not always readable, so this test passes without that too.)
+fn a_slave_flooded_with_heartbeats_still_sends_its_own(transport: Transport) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let slave_config = config()
+        .heartbeat_interval(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let slave = SlaveHandle::new(addr, MemoryLog::new(SEGMENT), slave_config);
+    let client = transport.spawn_slave(slave.clone()).unwrap();
+    let stop = AtomicBool::new(false);
+    let reports = AtomicU64::new(0);
+    let (stream, _) = listener.accept().unwrap();
+    let flood_for = Duration::from_secs(2);
+    thread::scope(|s| {
+        let (stop, reports) = (&stop, &reports);
+        let mut writer = stream.try_clone().unwrap();
+        s.spawn(move || {
+            writer
+                .set_write_timeout(Some(Duration::from_millis(10)))
+                .unwrap();
+            // Heartbeats at offset 0, which an empty slave accepts; many per write.
+            let batch = vec![0u8; 12 << 16];
+            while !stop.load(Ordering::SeqCst) {
+                match writer.write(&batch) {
+                    Ok(_) => {}
+                    Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut reader = stream;
+        s.spawn(move || {
+            reader
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut report = [0u8; 8];
+            while !stop.load(Ordering::SeqCst) {
+                match reader.read_exact(&mut report) {
+                    Ok(()) => {
+                        reports.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) if is_timeout(&e) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        thread::sleep(flood_for);
+        stop.store(true, Ordering::SeqCst);
+    });
+    let reports = reports.load(Ordering::SeqCst);
+    assert!(
+        reports >= 100,
+        "{transport}: {reports} reports in {flood_for:?} of 1 ms heartbeats while flooded"
+    );
+    assert_eq!(slave.status().failures, 0, "{:?}", slave.take_errors());
+    client.shutdown().unwrap();
 }
 
 fn a_slave_whose_reports_stall_closes_the_connection_and_resumes(transport: Transport) {
@@ -249,6 +312,11 @@ macro_rules! suite {
                 super::a_slave_whose_reports_stall_closes_the_connection_and_resumes(
                     $transport,
                 );
+            }
+
+            #[test]
+            fn a_slave_flooded_with_heartbeats_still_sends_its_own() {
+                super::a_slave_flooded_with_heartbeats_still_sends_its_own($transport);
             }
 
             #[test]

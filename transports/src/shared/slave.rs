@@ -302,6 +302,15 @@ impl<L: LogSink> SlaveDriver<L> {
         self.store();
     }
 
+    /// Handles the deadline if it has passed. Drivers call this on every turn of their loop, not
+    /// only when their timer wins the race: a socket that is always readable must not keep the
+    /// write-stall limit, heartbeats or housekeeping from firing.
+    pub(crate) fn on_due(&mut self) {
+        if self.lp.poll_timeout().is_some_and(|d| d <= Instant::now()) {
+            self.on_timeout();
+        }
+    }
+
     /// The deadline passed (or the driver woke early).
     pub(crate) fn on_timeout(&mut self) {
         let result = self.lp.handle_timeout(Instant::now());
