@@ -287,9 +287,46 @@ def sim_seeds():
         write("sim_schedule", name, fault_set(*faults) + noise(258, i + 1))
 
 
+# --- record_walk --------------------------------------------------------------------------
+
+def record_walk_seeds():
+    # Raw: the worked example of store-format.md §3.8 (v1, topic T, body hello), then a blank
+    # record, then zeros: one record, ending at the blank.
+    example = bytes.fromhex(
+        "00000061daa320a73610a68600000000" "00000000000000000000000000000000"
+        "00000000000000000000018bcfe56800" "7f0000010000c3500000018bcfe5687b"
+        "c0a8000a00002a9f0000000000000000" "000000000000000568656c6c6f015400" "00")
+    write("record_walk", "raw-example-blank", u8(0) + u64(0) + example + u32(4096 - 97)
+          + u32(0xCBD43194) + bytes(24))
+    # Raw: the same record with a flipped body byte, CRC checked: a bad record at 1 GiB.
+    bad = bytearray(example)
+    bad[0x59] ^= 1
+    write("record_walk", "raw-crc-failure", u8(0) + u64(1 << 30) + bytes(bad) + bytes(16))
+
+    def message(flags, topic_len, body, props, queue_id=0, queue_offset=0, ts=0):
+        return (u8(flags, topic_len) + u8(len(body)) + body + u8(len(props)) + props
+                + u8(queue_id) + u32(queue_offset) + u32(ts))
+
+    msgs = [message(0, 5, b"body-%d" % i, b"KEYS\x01k%d\x02" % i, i, i, 1000 + i)
+            for i in range(5)]
+    extra = message(0, 3, b"torn-record-body", b"")
+    # Encoded: five v1 records, then a record torn inside its body, then zeros.
+    write("record_walk", "encoded-torn-then-zeros", u8(1) + u64(0) + u8(5) + b"".join(msgs)
+          + extra + u8(3) + u16(60) + u8(10))
+    # Encoded: v2 and IPv6 hosts (flags 2|4|8, and 1 for a topic over 127 bytes), then a blank.
+    msgs = [message(2 | 4, 9, b"v2", b""), message(1 | 8, 20, b"long-topic", b"A\x01b"),
+            message(4 | 8, 0, b"", b"")]
+    write("record_walk", "encoded-v2-ipv6-blank", u8(1) + u64(4 << 22) + u8(3) + b"".join(msgs)
+          + extra + u8(4) + u32(100) + u8(8) + bytes(8))
+    # Encoded, CRC unchecked, then arbitrary bytes after the records.
+    write("record_walk", "encoded-then-junk", u8(3) + u64(0) + u8(2) + b"".join(msgs[:2])
+          + extra + u8(5) + bytes(range(40)))
+
+
 if __name__ == "__main__":
     client_seeds()
     master_seeds()
     waiters_seeds()
     wire_seeds()
+    record_walk_seeds()
     sim_seeds()

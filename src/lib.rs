@@ -107,6 +107,7 @@ pub mod flow;
 mod log;
 mod master;
 mod master_loop;
+pub mod record;
 mod service;
 mod slave_loop;
 mod timer;

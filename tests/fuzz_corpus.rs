@@ -86,6 +86,11 @@ fn master_stream_corpus() {
 }
 
 #[test]
+fn record_walk_corpus() {
+    replay("record_walk");
+}
+
+#[test]
 fn sim_schedule_corpus() {
     replay("sim_schedule");
 }

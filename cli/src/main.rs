@@ -289,8 +289,24 @@ fn config_with(
 }
 
 fn open_store(path: &Path, segment_size: SegmentSize) -> Result<FileLog, Failure> {
-    FileLog::open_or_create(path, segment_size.0)
-        .context(format_args!("opening store {}", path.display()))
+    let log = FileLog::open_or_create(path, segment_size.0)
+        .context(format_args!("opening store {}", path.display()))?;
+    // Which format was found decides where the log ends (file lengths, or the last record):
+    // say so, with what the record walk found.
+    match log.record_walk() {
+        Some(walk) => eprintln!(
+            "store {}: RocketMQ format, end found by walking {} records from offset {}{}",
+            path.display(),
+            walk.records,
+            walk.start,
+            walk.first_bad
+                .as_ref()
+                .map(|e| format!("; the log ends at a bad record ({e})"))
+                .unwrap_or_default()
+        ),
+        None => eprintln!("store {}: {} format", path.display(), log.mode()),
+    }
+    Ok(log)
 }
 
 fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {

@@ -11,6 +11,7 @@
 //! | [`master_stream`] | `MasterConnection` over a `MemoryLog` | a slave's bytes, writes, time, log growth and retention |
 //! | [`waiters`] | `MasterService` | connections, acks, waits, time, shutdown |
 //! | [`wire_decode`] | the `wire` codecs | headers, reports and streams in any split |
+//! | [`record_walk`] | the CommitLog record walker (`record`) | segment bytes, raw or encoder-made with a suffix |
 //! | [`sim_schedule`] | the simulator (`tests/sim`) | every decision of a faulty run |
 
 #![forbid(unsafe_code)]
@@ -19,12 +20,14 @@
 pub mod client_stream;
 pub mod input;
 pub mod master_stream;
+pub mod record_walk;
 pub mod sim_schedule;
 pub mod waiters;
 pub mod wire_decode;
 
 pub use client_stream::client_stream;
 pub use master_stream::master_stream;
+pub use record_walk::record_walk;
 pub use sim_schedule::sim_schedule;
 pub use waiters::waiters;
 pub use wire_decode::wire_decode;
@@ -36,6 +39,7 @@ pub type Harness = fn(&[u8]);
 pub const TARGETS: &[(&str, Harness)] = &[
     ("client_stream", client_stream),
     ("master_stream", master_stream),
+    ("record_walk", record_walk),
     ("sim_schedule", sim_schedule),
     ("waiters", waiters),
     ("wire_decode", wire_decode),

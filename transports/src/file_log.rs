@@ -78,15 +78,33 @@
 //! the checkpoint names the new start, and only then is the new segment created. A crash between
 //! any two steps leaves an empty store.
 //!
+//! # RocketMQ-format stores
 //! Stores written by RocketMQ itself preallocate every segment to *F* bytes and find the end of
-//! the log by parsing messages; this module does not parse messages, so it serves such a store's
-//! last file up to its length.
+//! the log by parsing messages. [`FileLog::open`] recognises such a store ([`StoreFormat`],
+//! [`FileLog::mode`]): RocketMQ's `checkpoint` file, or full-size segment files whose first
+//! bytes are a record. Its max offset is then the end of the last valid record, found by
+//! walking the records of the last [`RECOVERY_SEGMENTS`] segments as RocketMQ's normal recovery
+//! does ([`FileLog::record_walk`]); the zeros after it are not log. Appending to such a store
+//! creates full-size (sparse) segment files, and first cuts away what recovery did not accept:
+//! segment files after the end are deleted and, if a bad record ended the walk, the rest of its
+//! segment is zeroed (RocketMQ deletes and overwrites them as well). A failed write in this mode
+//! poisons the log ([`FileLogError::Poisoned`]): a preallocated file cannot be cut back.
+//!
+//! A RocketMQ broker holds an `fcntl` lock on the store's `lock` file while it runs; a store
+//! whose `lock` is held is refused ([`FileLogError::BrokerLocked`]), and while a [`FileLog`]
+//! has a store open it holds the same lock (creating the file in RocketMQ format), so a broker
+//! refuses to start on it.
 
 mod checkpoint;
 mod error;
 mod flush;
 mod flusher;
+mod rocketmq;
 mod segments;
+
+pub use rocketmq::{
+    RecordWalk, StoreFormat, RECOVERY_SEGMENTS, ROCKETMQ_CHECKPOINT_FILE, ROCKETMQ_LOCK_FILE,
+};
 
 pub use checkpoint::CHECKPOINT_FILE;
 pub use flush::{FlushDone, FlushMode, FlushPolicy, PendingFlush, FLUSH_PAGE_SIZE};
@@ -129,6 +147,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
@@ -275,6 +294,16 @@ pub struct FileLog {
     /// Held for the log's lifetime: an exclusive lock on [`LOCK_FILE`], released on drop (or
     /// by the kernel when the process dies, so a killed slave never leaves a stale lock).
     _lock: File,
+    /// RocketMQ's `lock` file with our `fcntl` lock on it, if the store has one (always in
+    /// RocketMQ format): keeps a broker off the store while we have it open.
+    _broker_lock: Option<File>,
+    /// How the segment files hold the log.
+    format: StoreFormat,
+    /// What the recovery walk found, in RocketMQ format.
+    walk: Option<RecordWalk>,
+    /// RocketMQ format: segments after the end, or garbage after a bad record, are still on
+    /// disk; the first append removes them.
+    tail_dirty: bool,
 }
 
 impl FileLog {
@@ -309,6 +338,7 @@ impl FileLog {
             base: 0,
             synced_max: 0,
             boot_id: current_boot_id(),
+            rocketmq: false,
         }
         .store(root)?;
         FileLog::open(root, segment_size)
@@ -368,6 +398,20 @@ impl FileLog {
             }
         }
         let mut files = scan(&commitlog, segment_size)?;
+        let format = rocketmq::detect(root, &files, segment_size, checkpoint.as_ref())?;
+        let broker_lock = rocketmq::lock_broker(root, format == StoreFormat::RocketMq)?;
+        if format == StoreFormat::RocketMq {
+            return FileLog::open_rocketmq(
+                root,
+                commitlog,
+                segment_size,
+                files,
+                checkpoint,
+                boot_id,
+                lock,
+                broker_lock,
+            );
+        }
 
         // After a machine restart only synced bytes are trusted (module docs, "Crash safety").
         let trusted_end = checkpoint
@@ -467,6 +511,10 @@ impl FileLog {
         }
         let mut log = FileLog {
             _lock: lock,
+            _broker_lock: broker_lock,
+            format,
+            walk: None,
+            tail_dirty: false,
             root: root.to_path_buf(),
             commitlog,
             segment_size,
@@ -495,6 +543,137 @@ impl FileLog {
             log.write_checkpoint(min, max)?;
         }
         Ok(log)
+    }
+
+    /// Opens a store in RocketMQ's format (module docs, "RocketMQ-format stores"): the end
+    /// is found by walking records, not from file lengths.
+    #[allow(clippy::too_many_arguments)]
+    fn open_rocketmq(
+        root: &Path,
+        commitlog: PathBuf,
+        segment_size: u64,
+        files: Vec<segments::SegmentFile>,
+        checkpoint: Option<Checkpoint>,
+        boot_id: Option<String>,
+        lock: File,
+        broker_lock: Option<File>,
+    ) -> Result<FileLog, FileLogError> {
+        rocketmq::check_lengths(&files, segment_size)?;
+        check_chain(&files, segment_size)?;
+        let mut segments = BTreeMap::new();
+        for file in &files {
+            let handle =
+                File::open(&file.path).map_err(|e| FileLogError::io("open", &file.path, e))?;
+            segments.insert(file.start, map_segment(&handle, &file.path, segment_size)?);
+        }
+        let walk = rocketmq::walk(&segments, segment_size);
+        let (min, max) = match files.first() {
+            Some(first) => (first.start, walk.end.max(first.start)),
+            None => {
+                let at = checkpoint.as_ref().map_or(0, |cp| cp.base);
+                (at, at)
+            }
+        };
+        let synced = checkpoint
+            .as_ref()
+            .map_or(min, |cp| cp.synced_max.clamp(min, max));
+        // As in raw format: bytes an earlier process left unsynced are flushed now, so the next
+        // checkpoint may claim them.
+        for file in files
+            .iter()
+            .filter(|f| f.start < max && f.start + segment_size > synced)
+        {
+            File::open(&file.path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| FileLogError::io("fsync", &file.path, e))?;
+        }
+        let tail_dirty = walk.first_bad.is_some()
+            || segments
+                .keys()
+                .any(|&start| start > segment_start(max, segment_size));
+        Ok(FileLog {
+            _lock: lock,
+            _broker_lock: broker_lock,
+            format: StoreFormat::RocketMq,
+            walk: Some(walk),
+            tail_dirty,
+            root: root.to_path_buf(),
+            commitlog,
+            segment_size,
+            min,
+            max,
+            shared: Arc::new(Shared {
+                segment_size,
+                view: RwLock::new(View { min, max, segments }),
+            }),
+            tail: None,
+            data_synced: max,
+            synced,
+            dir_generation: 0,
+            dir_synced: 0,
+            checkpointed: checkpoint.as_ref().map(|cp| (cp.base, cp.synced_max)),
+            boot_id,
+            poisoned: false,
+            mode: FlushMode::default(),
+            schedule: Schedule::default(),
+            epoch: 0,
+            closed: false,
+        })
+    }
+
+    /// The store's format: [`StoreFormat::Raw`] (ours) or [`StoreFormat::RocketMq`], as found
+    /// when it was opened (module docs, "RocketMQ-format stores").
+    pub fn mode(&self) -> StoreFormat {
+        self.format
+    }
+
+    /// In RocketMQ format, what the recovery walk found when the store was opened: where it
+    /// started, the end, the records passed, and the bad record that ended it, if any.
+    pub fn record_walk(&self) -> Option<&RecordWalk> {
+        self.walk.as_ref()
+    }
+
+    /// RocketMQ format, before the first append: deletes the segment files after the one
+    /// holding the end and, if a bad record ended the recovery walk, zeroes the rest of that
+    /// segment, so that nothing recovery rejected can pass for records after new ones.
+    fn clean_rocketmq_tail(&mut self) -> Result<(), FileLogError> {
+        let tail_start = segment_start(self.max, self.segment_size);
+        let later: Vec<u64> = self
+            .shared
+            .view()
+            .segments
+            .range(tail_start + 1..)
+            .map(|(&start, _)| start)
+            .collect();
+        // Newest first: a crash part-way leaves a contiguous store.
+        for &start in later.iter().rev() {
+            remove_file(&self.segment_path(start))?;
+            self.shared.view_mut().segments.remove(&start);
+        }
+        if !later.is_empty() {
+            sync_dir(&self.commitlog)?;
+        }
+        if self.walk.as_ref().is_some_and(|w| w.first_bad.is_some())
+            && self.shared.view().segments.contains_key(&tail_start)
+        {
+            let path = self.segment_path(tail_start);
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| FileLogError::io("open", &path, e))?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = self.max - tail_start;
+            while at < self.segment_size {
+                let n = (self.segment_size - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)
+                    .map_err(|e| FileLogError::io("zero", &path, e))?;
+                at += n as u64;
+            }
+            file.sync_data()
+                .map_err(|e| FileLogError::io("fsync", &path, e))?;
+        }
+        self.tail_dirty = false;
+        Ok(())
     }
 
     /// The store directory (the one holding `commitlog/`).
@@ -564,6 +743,9 @@ impl FileLog {
         if self.poisoned {
             return Err(FileLogError::Poisoned);
         }
+        if self.tail_dirty {
+            self.clean_rocketmq_tail()?;
+        }
         let total = pieces.iter().map(|p| p.len() as u64).sum::<u64>();
         match offset.checked_add(total) {
             Some(end) if end <= MAX_LOG_OFFSET => {}
@@ -614,8 +796,9 @@ impl FileLog {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     // Part of the bytes may be on disk now; cut them off so that the file's
-                    // length is the log's end again, which recovery relies on.
-                    if tail.file.set_len(at).is_err() {
+                    // length is the log's end again, which recovery relies on. A preallocated
+                    // (RocketMQ-format) file cannot be cut back: the log stops taking appends.
+                    if self.format == StoreFormat::RocketMq || tail.file.set_len(at).is_err() {
                         self.poisoned = true;
                     }
                     Err(FileLogError::io("write to", &tail.path, e))
@@ -917,7 +1100,14 @@ impl FileLog {
             .open(&path)
             .map_err(|e| FileLogError::io("create", &path, e))?;
         self.dir_generation += 1;
-        let map = match map_segment(&file, &path, self.segment_size) {
+        // RocketMQ format: full-size files from the start (sparse: the zeros cost no disk).
+        let prealloc = if self.format == StoreFormat::RocketMq {
+            file.set_len(self.segment_size)
+                .map_err(|e| FileLogError::io("preallocate", &path, e))
+        } else {
+            Ok(())
+        };
+        let map = match prealloc.and_then(|()| map_segment(&file, &path, self.segment_size)) {
             Ok(map) => map,
             Err(e) => {
                 // An empty last file would be harmless, but the next attempt must be able to
@@ -936,6 +1126,7 @@ impl FileLog {
             base,
             synced_max,
             boot_id: self.boot_id.clone(),
+            rocketmq: self.format == StoreFormat::RocketMq,
         }
         .store(&self.root)?;
         self.checkpointed = Some((base, synced_max));

@@ -36,17 +36,24 @@ pub(super) struct Checkpoint {
     pub synced_max: u64,
     /// The kernel boot that wrote the checkpoint, if the platform tells.
     pub boot_id: Option<String>,
+    /// The store is in RocketMQ's format (preallocated segments, end found by records); the
+    /// line is written only then, so raw stores keep their old checkpoint text.
+    pub rocketmq: bool,
 }
 
 impl Checkpoint {
     fn encode(&self) -> String {
-        format!(
+        let mut text = format!(
             "{HEADER}\nsegment_size {}\nbase {}\nsynced_max {}\nboot_id {}\n",
             self.segment_size,
             self.base,
             self.synced_max,
             self.boot_id.as_deref().unwrap_or("-"),
-        )
+        );
+        if self.rocketmq {
+            text.push_str("format rocketmq\n");
+        }
+        text
     }
 
     fn parse(text: &str, path: &Path) -> Result<Checkpoint, FileLogError> {
@@ -62,6 +69,7 @@ impl Checkpoint {
         let mut base = None;
         let mut synced_max = None;
         let mut boot_id = None;
+        let mut format = None;
         for line in lines {
             let (key, value) = line
                 .split_once(' ')
@@ -79,6 +87,14 @@ impl Checkpoint {
                     let id = (value != "-").then(|| value.to_owned());
                     boot_id.replace(id).is_some()
                 }
+                "format" => {
+                    let rocketmq = match value {
+                        "rocketmq" => true,
+                        "raw" => false,
+                        _ => return Err(bad(format!("unknown format {value:?}"))),
+                    };
+                    format.replace(rocketmq).is_some()
+                }
                 _ => return Err(bad(format!("unknown key {key:?}"))),
             };
             if slot_filled {
@@ -91,6 +107,7 @@ impl Checkpoint {
             base: base.ok_or_else(|| missing("base"))?,
             synced_max: synced_max.ok_or_else(|| missing("synced_max"))?,
             boot_id: boot_id.ok_or_else(|| missing("boot_id"))?,
+            rocketmq: format.unwrap_or(false),
         };
         if checkpoint.segment_size == 0 {
             return Err(bad("segment_size is 0".into()));
@@ -176,6 +193,7 @@ mod tests {
             base: 5000,
             synced_max: 9000,
             boot_id: Some("3aef00ea-2577".into()),
+            rocketmq: false,
         }
     }
 
@@ -188,6 +206,12 @@ mod tests {
             ..sample()
         };
         assert_eq!(Checkpoint::parse(&no_boot.encode(), p).unwrap(), no_boot);
+        let rocketmq = Checkpoint {
+            rocketmq: true,
+            ..sample()
+        };
+        assert!(rocketmq.encode().contains("format rocketmq\n"));
+        assert_eq!(Checkpoint::parse(&rocketmq.encode(), p).unwrap(), rocketmq);
     }
 
     #[test]

@@ -31,6 +31,14 @@ pub enum FileLogError {
         /// The store's lock file.
         path: PathBuf,
     },
+    /// A RocketMQ broker (or another program taking RocketMQ's lock) holds the store: its
+    /// `lock` file carries an `fcntl` record lock. Serving or writing the store while the
+    /// broker recovers, truncates and appends to it would be unsafe.
+    #[error("the store is held by a running RocketMQ broker: {} is locked", path.display())]
+    BrokerLocked {
+        /// The store's RocketMQ `lock` file.
+        path: PathBuf,
+    },
     /// The segment size is below one page or too large to map sensibly
     /// ([`MIN_SEGMENT_SIZE`](super::MIN_SEGMENT_SIZE), [`MAX_SEGMENT_SIZE`](super::MAX_SEGMENT_SIZE)).
     #[error("{}", describe_segment_size(*size, *min, *max))]
