@@ -211,6 +211,16 @@ pub fn decode_transfer(
     Ok(Some(TransferFrame { header, body }))
 }
 
+/// A whole transfer frame (header and body) as bytes: what a master writes, for tests.
+#[cfg(test)]
+pub(crate) fn test_frame(offset: u64, body: &[u8]) -> Vec<u8> {
+    let mut v = TransferHeader::new(offset, body.len() as u32)
+        .encode()
+        .to_vec();
+    v.extend_from_slice(body);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,14 +392,4 @@ mod tests {
         buf.extend_from_slice(&i32::MAX.to_be_bytes());
         assert!(decode_transfer(&mut buf, 1 << 20).is_err());
     }
-}
-
-/// A whole transfer frame (header and body) as bytes: what a master writes, for tests.
-#[cfg(test)]
-pub(crate) fn test_frame(offset: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = TransferHeader::new(offset, body.len() as u32)
-        .encode()
-        .to_vec();
-    v.extend_from_slice(body);
-    v
 }

@@ -32,7 +32,7 @@ pub fn record_walk(data: &[u8]) {
     let mode = input.u8();
     let base = input.u64() & (i64::MAX as u64 >> 1);
     let check_crc = mode & 2 == 0;
-    if mode % 2 == 0 {
+    if mode.is_multiple_of(2) {
         check_walk(input.rest(), base, check_crc);
         return;
     }
