@@ -607,7 +607,7 @@ fn follow(
         let status = slave.status();
         // The reasons were printed as they happened; the state says which one still holds.
         let state = if status.connected {
-            "connected".to_owned()
+            format!("connected ({})", status.state)
         } else if status.local_failures > 0 {
             format!(
                 "cannot store locally ({} failures in a row), retrying",

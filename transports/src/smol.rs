@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_executor::{Executor, Task};
 use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
-use rocketmq_ha::{AckPolicy, LogSink, LogSource, SyncError};
+use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
 
 use crate::runtime::{self, Runtime};
 use crate::{MasterHandle, SlaveHandle};
@@ -125,4 +125,20 @@ pub async fn wait_replicated<L>(
             Timer::at(at).await;
         })
         .await
+}
+
+/// Waits until `slave`'s connection reaches `state` (§3.10) or `deadline` passes; returns
+/// whether it did.
+pub async fn wait_for_state<L>(
+    slave: &SlaveHandle<L>,
+    state: ConnectionState,
+    deadline: Instant,
+) -> bool {
+    async { Some(slave.wait_for_state(state).await) }
+        .or(async {
+            Timer::at(deadline).await;
+            None
+        })
+        .await
+        .is_some()
 }

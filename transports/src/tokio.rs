@@ -12,7 +12,7 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rocketmq_ha::{AckPolicy, LogSink, LogSource, SyncError};
+use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -107,4 +107,16 @@ pub async fn wait_replicated<L>(
             tokio::time::sleep_until(at.into())
         })
         .await
+}
+
+/// Waits until `slave`'s connection reaches `state` (§3.10) or `deadline` passes; returns
+/// whether it did.
+pub async fn wait_for_state<L>(
+    slave: &SlaveHandle<L>,
+    state: ConnectionState,
+    deadline: Instant,
+) -> bool {
+    tokio::time::timeout_at(deadline.into(), slave.wait_for_state(state))
+        .await
+        .is_ok()
 }

@@ -56,3 +56,38 @@ fn states_are_reached_and_waited_for_on_both_sides() {
         server.shutdown().unwrap();
     }
 }
+
+#[test]
+fn the_async_waits_for_a_state_honour_their_deadline() {
+    let slave = SlaveHandle::new(
+        SocketAddr::from(([127, 0, 0, 1], 9)),
+        MemoryLog::new(1 << 20),
+        Config::default(),
+    );
+    let soon = || Instant::now() + Duration::from_millis(50);
+    // Nothing drives this slave: it never leaves `Ready`, and the waits end at the deadline.
+    assert!(smol::block_on(
+        rocketmq_ha_transports::smol::wait_for_state(&slave, ConnectionState::Ready, soon())
+    ));
+    assert!(!smol::block_on(
+        rocketmq_ha_transports::smol::wait_for_state(&slave, ConnectionState::Transfer, soon())
+    ));
+    #[cfg(feature = "tokio")]
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert!(
+            !runtime.block_on(rocketmq_ha_transports::tokio::wait_for_state(
+                &slave,
+                ConnectionState::Transfer,
+                soon()
+            ))
+        );
+    }
+    slave.shutdown();
+    assert!(smol::block_on(
+        rocketmq_ha_transports::smol::wait_for_state(&slave, ConnectionState::Shutdown, soon())
+    ));
+}
