@@ -134,11 +134,13 @@ pub async fn wait_for_state<L>(
     state: ConnectionState,
     deadline: Instant,
 ) -> bool {
-    async { Some(slave.wait_for_state(state).await) }
-        .or(async {
-            Timer::at(deadline).await;
-            None
-        })
-        .await
-        .is_some()
+    async {
+        slave.wait_for_state(state).await;
+        true
+    }
+    .or(async {
+        Timer::at(deadline).await;
+        false
+    })
+    .await
 }
