@@ -30,7 +30,8 @@
 //! its body, but one that zeroes only topic or properties bytes passes, in RocketMQ as here.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+// Addresses as plain data (`core::net`): the core opens no sockets.
+use core::net::{IpAddr, SocketAddr};
 
 /// The magic code of a v1 message record (RocketMQ 4.x and 5.x): one-byte topic length.
 pub const MESSAGE_MAGIC_V1: u32 = 0xDAA3_20A7;
