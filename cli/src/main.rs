@@ -3,6 +3,7 @@
 
 mod bench;
 mod broker_conf;
+mod inspect;
 mod policy;
 mod progress;
 mod seconds;
@@ -53,6 +54,10 @@ enum Command {
     /// and batch size, sync-replication latency, fan-out, memory per idle connection, CPU per
     /// GiB. Prints a table (or one JSON object with --json).
     Bench(bench::BenchArgs),
+    /// Describe a store: its format (ours or RocketMQ's), segments, offsets, what is synced,
+    /// and for a RocketMQ-format store the records its recovery walk found and the first bad
+    /// one. The store must not be in use (it is locked while open).
+    Inspect(inspect::InspectArgs),
     /// The benchmark's ping-pong partner (internal): answers each length-prefixed message with
     /// 8 bytes.
     #[command(hide = true)]
@@ -227,6 +232,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Bench(args) => bench::bench(args),
         Command::Echo { connect } => bench::echo(connect),
+        Command::Inspect(args) => inspect::inspect(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -532,3 +532,45 @@ fn a_broker_conf_is_read_and_its_bad_values_are_named() {
     assert!(stderr.contains("haMasterAddress"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn inspect_describes_a_store_and_refuses_a_directory_that_is_none() {
+    let (ok, stdout, stderr) = run(&[
+        "demo",
+        "--bytes",
+        "2MiB",
+        "--segment-size",
+        "1MiB",
+        "--keep",
+    ]);
+    assert!(ok, "{stderr}");
+    let dir = stdout
+        .lines()
+        .chain(stderr.lines())
+        .find_map(|l| l.split("kept the stores in ").nth(1))
+        .map(|s| s.trim().to_owned())
+        .expect("the demo says where it kept its stores");
+    let slave = format!("{dir}/slave");
+    let (ok, stdout, stderr) = run(&[
+        "inspect",
+        "--store",
+        &slave,
+        "--segment-size",
+        "1MiB",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    for key in [
+        "\"format\":\"raw\"",
+        "\"segments\":2",
+        "\"min_offset\":0",
+        "\"max_offset\":2097152",
+        "\"synced_offset\":2097152",
+    ] {
+        assert!(stdout.contains(key), "{key} missing in {stdout}");
+    }
+    let (ok, _, stderr) = run(&["inspect", "--store", &dir]);
+    assert!(!ok);
+    assert!(stderr.contains("no commitlog/"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,6 +55,7 @@ use crate::size::{Human, SegmentSize, Size};
 use crate::{Context, Failure, Generator, TempDir, TransportArg};
 use fanout::{fanout, Fanout};
 use flow::flow;
+pub use json::Json;
 use latency::sync_latency;
 use loopback::loopback;
 use memory::idle_memory;
