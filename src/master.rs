@@ -662,6 +662,21 @@ mod tests {
         assert!(c.is_closed());
     }
 
+    /// A connection limited to `rate` bytes a second with batches of `batch`, serving `len`
+    /// bytes of log, whose slave already asked for offset 1.
+    fn limited(batch: u32, rate: u64, len: usize, t0: Instant) -> (MasterConnection, MemoryLog) {
+        let config = Config::builder()
+            .transfer_batch_size(batch)
+            .rate_limit(std::num::NonZeroU64::new(rate))
+            .build()
+            .unwrap();
+        let mut log = MemoryLog::new(1 << 30);
+        log.push(vec![1u8; len]);
+        let mut c = MasterConnection::new(config, t0);
+        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        (c, log)
+    }
+
     /// Runs `c` against `log` in virtual time for `secs`, writing every frame at once and
     /// sleeping until `poll_timeout`; returns (time since start, frame bytes) per frame.
     fn run_limited(
@@ -693,15 +708,7 @@ mod tests {
     fn a_rate_limit_holds_over_every_window_and_sends_no_empty_frames() {
         let t0 = Instant::now();
         let rate = 100_000u64;
-        let config = Config::builder()
-            .transfer_batch_size(4096)
-            .rate_limit(std::num::NonZeroU64::new(rate))
-            .build()
-            .unwrap();
-        let mut log = MemoryLog::new(1 << 30);
-        log.push(vec![1u8; 4 << 20]);
-        let mut c = MasterConnection::new(config, t0);
-        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        let (mut c, log) = limited(4096, rate, 4 << 20, t0);
         let frames = run_limited(&mut c, &log, t0, 10);
         assert!(
             frames.iter().all(|f| !f.2),
@@ -753,15 +760,7 @@ mod tests {
     #[test]
     fn a_rate_limit_can_be_raised_on_a_running_connection() {
         let t0 = Instant::now();
-        let config = Config::builder()
-            .transfer_batch_size(1000)
-            .rate_limit(std::num::NonZeroU64::new(10_000))
-            .build()
-            .unwrap();
-        let mut log = MemoryLog::new(1 << 30);
-        log.push(vec![1u8; 1 << 20]);
-        let mut c = MasterConnection::new(config, t0);
-        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        let (mut c, log) = limited(1000, 10_000, 1 << 20, t0);
         let slow: u64 = run_limited(&mut c, &log, t0, 2).iter().map(|f| f.1).sum();
         let t2 = t0 + Duration::from_secs(2);
         c.set_rate_limit(t2, std::num::NonZeroU64::new(100_000));
@@ -778,15 +777,7 @@ mod tests {
     #[test]
     fn a_held_back_connection_still_sends_heartbeats() {
         let t0 = Instant::now();
-        let config = Config::builder()
-            .transfer_batch_size(100_000)
-            .rate_limit(std::num::NonZeroU64::new(1024))
-            .build()
-            .unwrap();
-        let mut log = MemoryLog::new(1 << 30);
-        log.push(vec![1u8; 1 << 20]);
-        let mut c = MasterConnection::new(config, t0);
-        c.handle_input(t0, &encode_report(1), &log).unwrap();
+        let (mut c, log) = limited(100_000, 1024, 1 << 20, t0);
         // The first full frame spends the budget; the next waits for half a frame, ~49 s.
         let first = c.poll_transmit(t0, &log).unwrap().unwrap();
         assert_eq!(first.header().body_len, 100_000);
