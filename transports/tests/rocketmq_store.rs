@@ -311,7 +311,10 @@ fn a_new_rocketmq_store_has_what_a_broker_expects_and_full_size_files() {
         "written and not closed: a broker must recover as after a crash"
     );
     file_log.close().unwrap();
-    assert!(!store.0.join(ROCKETMQ_ABORT_FILE).exists(), "closed cleanly");
+    assert!(
+        !store.0.join(ROCKETMQ_ABORT_FILE).exists(),
+        "closed cleanly"
+    );
     for entry in fs::read_dir(store.0.join(COMMITLOG_DIR)).unwrap() {
         let len = entry.unwrap().metadata().unwrap().len();
         assert_eq!(len, F, "a broker refuses a segment file of another length");
@@ -332,7 +335,7 @@ fn a_rocketmq_store_killed_mid_record_keeps_its_abort_marker_and_ends_at_a_recor
     let store = empty_scratch("killed");
     let (log, offsets) = encode(200);
     let cut = offsets[150] + 77; // inside record 150
-    // Written by a child process that then dies without closing, as by `kill -9`.
+                                 // Written by a child process that then dies without closing, as by `kill -9`.
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env("HA_CRASH_STORE", &store.0)
