@@ -410,7 +410,7 @@ impl HaClient {
         }
         let last = header.end_offset() - 1;
         let crosses = segment_start(header.offset, size) != segment_start(last, size);
-        let off_boundary = self.expected.is_none() && header.offset % size != 0;
+        let off_boundary = self.expected.is_none() && !header.offset.is_multiple_of(size);
         if crosses || off_boundary {
             return Err(ClientError::SegmentSizeMismatch {
                 offset: header.offset,

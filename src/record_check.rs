@@ -249,7 +249,7 @@ impl RecordCheck {
             }
             _ => self.partial.clear(),
         }
-        if offset % self.segment_size == 0 || self.boundaries.contains(&offset) {
+        if offset.is_multiple_of(self.segment_size) || self.boundaries.contains(&offset) {
             self.position = Position::Record;
             return;
         }

@@ -1113,7 +1113,7 @@ impl FileLog {
     /// where the master says). Crash ordering in the module docs.
     fn restart_at(&mut self, offset: u64) -> Result<(), FileLogError> {
         debug_assert_eq!(self.min, self.max, "only an empty store may move its start");
-        if self.format == StoreFormat::RocketMq && offset % self.segment_size != 0 {
+        if self.format == StoreFormat::RocketMq && !offset.is_multiple_of(self.segment_size) {
             return Err(FileLogError::UnalignedStart {
                 offset,
                 segment_size: self.segment_size,
