@@ -177,6 +177,11 @@ impl Config {
         self.local_failure_backoff_max
     }
 
+    /// A builder starting from this configuration, to change a few settings of it.
+    pub fn to_builder(self) -> ConfigBuilder {
+        ConfigBuilder { config: self }
+    }
+
     /// `haFlowControlEnable` + `maxHaTransferByteInSecond` (off; RocketMQ's value when on is
     /// 100 MiB/s): the most bytes a second, headers and bodies, the master sends to one slave
     /// (§3.9). When the budget is spent the master waits for it to refill rather than send
