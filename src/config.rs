@@ -25,6 +25,7 @@ pub enum StartPosition {
 pub struct Config {
     heartbeat_interval: Duration,
     housekeeping_interval: Duration,
+    first_report_timeout: Duration,
     transfer_batch_size: u32,
     first_batch_size: Option<u32>,
     max_frame_size: u32,
@@ -49,6 +50,7 @@ impl Default for Config {
         Config {
             heartbeat_interval: Duration::from_millis(5_000),
             housekeeping_interval: Duration::from_millis(20_000),
+            first_report_timeout: Duration::from_millis(10_000),
             transfer_batch_size: 32 * 1024,
             first_batch_size: None,
             max_frame_size: JAVA_MAX_FRAME_SIZE,
@@ -88,6 +90,20 @@ impl Config {
     /// (§3.2, §4.6, 5.x rule).
     pub fn housekeeping_interval(&self) -> Duration {
         self.housekeeping_interval
+    }
+
+    /// How long the master waits for a new connection's first report before closing it (10 s;
+    /// not in RocketMQ, whose master waits for it forever, §3.7).
+    ///
+    /// A peer that connects and never reports (a port scanner, a stuck client, a flood of idle
+    /// sockets) would otherwise hold a connection for the whole
+    /// [`housekeeping_interval`](Self::housekeeping_interval), and a peer that trickles a byte
+    /// now and then forever; this deadline runs from the accept and is not reset by bytes that
+    /// do not complete a report. Our slaves report at once on connect, but a Java 4.9 slave
+    /// holds its first report back by about `haSendHeartbeatInterval` (5 s, §4.2), hence the
+    /// default. A value at or above the housekeeping interval leaves housekeeping to act first.
+    pub fn first_report_timeout(&self) -> Duration {
+        self.first_report_timeout
     }
 
     /// `haTransferBatchSize` (32 KiB): the most body bytes the master puts in one frame (§3.4).
@@ -237,6 +253,7 @@ impl Config {
         for (name, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("housekeeping_interval", self.housekeeping_interval),
+            ("first_report_timeout", self.first_report_timeout),
             ("slave_timeout", self.slave_timeout),
             ("connect_timeout", self.connect_timeout),
             ("reconnect_backoff_initial", self.reconnect_backoff_initial),
@@ -314,6 +331,8 @@ impl ConfigBuilder {
         heartbeat_interval: Duration;
         /// See [`Config::housekeeping_interval`].
         housekeeping_interval: Duration;
+        /// See [`Config::first_report_timeout`].
+        first_report_timeout: Duration;
         /// See [`Config::transfer_batch_size`].
         transfer_batch_size: u32;
         /// See [`Config::first_batch_size`].
@@ -370,6 +389,9 @@ mod tests {
         assert_eq!(c.max_frame_size(), 4_194_304);
         assert_eq!(c.max_gap_not_in_sync(), 268_435_456);
         assert_eq!(c.slave_timeout(), Duration::from_secs(3));
+        // Above a Java 4.9 slave's delayed first report (§4.2), below housekeeping.
+        assert!(c.first_report_timeout() > c.heartbeat_interval() + Duration::from_secs(1));
+        assert!(c.first_report_timeout() < c.housekeeping_interval());
     }
 
     #[test]
@@ -426,6 +448,21 @@ mod tests {
             .local_segment_size(NonZeroU64::new(4096))
             .build()
             .is_ok());
+        assert_eq!(
+            Config::builder()
+                .first_report_timeout(Duration::ZERO)
+                .build(),
+            Err(ConfigError::ZeroDuration("first_report_timeout"))
+        );
+        assert!(matches!(
+            Config::builder()
+                .first_report_timeout(Duration::MAX)
+                .build(),
+            Err(ConfigError::DurationTooLong {
+                name: "first_report_timeout",
+                ..
+            })
+        ));
     }
 
     #[test]

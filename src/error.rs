@@ -195,6 +195,13 @@ pub enum MasterError {
         /// How long the write had made no progress.
         stalled: Duration,
     },
+    /// The peer sent no complete report within `first_report_timeout` of connecting: it is not
+    /// a slave, or not a working one (§3.7).
+    #[error("no report from the peer {waited:?} after it connected: not a slave, or a stuck one")]
+    NoFirstReport {
+        /// How long the connection had been open.
+        waited: Duration,
+    },
     /// Reading the log for the next frame failed.
     #[error("reading the commit log failed: {0}")]
     Log(#[from] LogError),

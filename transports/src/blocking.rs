@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use rustix::net::SendFlags;
 
 use crate::runtime::io_slices;
-use crate::shared::{read_timeout, ConnectionGuard, SlaveDriver};
+use crate::shared::{read_timeout, Accepted, ConnectionGuard, SlaveDriver};
 use crate::{Error, MasterHandle, SlaveHandle};
 
 /// Serves slaves on `listener` until `master` is shut down, one pair of threads per connection;
@@ -38,8 +38,11 @@ where
     while !master.is_shut_down() {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let Some(conn) = master.register_accepted(peer) else {
-                    break;
+                let conn = match master.register_accepted(peer) {
+                    Accepted::Serve(conn) => conn,
+                    // Dropping the stream closes it before a byte is read.
+                    Accepted::Refuse => continue,
+                    Accepted::ShutDown => break,
                 };
                 connections.retain(|t| !t.is_finished());
                 let spawned = thread::Builder::new()
@@ -168,6 +171,13 @@ fn writer<L: LogSource>(
         if transmit.is_none() {
             // Listen, then look again: growth between the two wakes the listener.
             let listener = log.listen();
+            // The reader sets `done` before its wake-up: seen here, or the listener hears it.
+            // Without this, a writer that woke at the same deadline as the reader closed the
+            // machine (the first report's, housekeeping) could miss the wake-up and wait for
+            // ever, the connection never unregistered.
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
             let deadline;
             (transmit, deadline) = poll()?;
             if transmit.is_none() {
