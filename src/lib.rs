@@ -20,6 +20,7 @@
 //! | frames | [`wire`] | 8-byte reports, 12-byte transfer headers (§2) |
 //! | `CommitLog` | [`LogSource`], [`LogSink`], [`MemoryLog`] | what the machines read and append |
 //! | `MessageStoreConfig` | [`Config`] | timers and sizes with RocketMQ's defaults (§6) |
+//! | (none: Java admits anyone) | [`Admission`] | who may connect to a master, and how many at once |
 //!
 //! Section numbers (§) refer to the protocol as this crate implements it: the [`protocol`]
 //! page (`docs/protocol.md` in the repository).
@@ -98,6 +99,7 @@
 #![warn(missing_docs)]
 
 mod ack_policy;
+pub mod admission;
 mod backoff;
 mod client;
 mod config;
@@ -118,6 +120,7 @@ pub mod wire;
 pub mod protocol {}
 
 pub use ack_policy::AckPolicy;
+pub use admission::{Admission, Decision, IpNet, Refusal};
 pub use client::{ClientEvent, HaClient, REJECTIONS_TO_REPORT};
 pub use config::{Config, ConfigBuilder, StartPosition};
 pub use connection_state::ConnectionState;

@@ -73,5 +73,8 @@ pub mod tokio;
 mod transport;
 
 pub use error::Error;
-pub use shared::{ClosedConnection, MasterHandle, SharedLog, SlaveHandle, SlaveInfo, SlaveStatus};
+pub use shared::{
+    ClosedConnection, MasterHandle, RefusedConnection, SharedLog, SlaveHandle, SlaveInfo,
+    SlaveStatus,
+};
 pub use transport::{Running, Transport, UnknownTransport};

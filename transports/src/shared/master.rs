@@ -13,8 +13,8 @@ use event_listener::Event;
 use futures_lite::FutureExt;
 use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{
-    AckPolicy, Config, ConnectionId, ConnectionState, LogError, LogSink, MasterEvent, MasterLoop,
-    MasterService, SyncError, Ticket,
+    AckPolicy, Admission, Config, ConnectionId, ConnectionState, Decision, LogError, LogSink,
+    MasterEvent, MasterLoop, MasterService, Refusal, SyncError, Ticket,
 };
 
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
@@ -46,6 +46,29 @@ pub struct ClosedConnection {
     pub peer: SocketAddr,
     /// `None` when the slave closed cleanly (EOF) or the master shut down.
     pub error: Option<Error>,
+}
+
+/// A connection the master closed as it arrived, without reading from it (see
+/// [`MasterHandle::set_admission`]). Only the refusals the [`Admission`] policy deems worth
+/// reporting are kept: the first from each peer not allowed, the first each time the
+/// connection limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive] // e.g. when it happened
+pub struct RefusedConnection {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Why it was refused.
+    pub reason: Refusal,
+}
+
+/// What a driver does with a socket it accepted.
+pub(crate) enum Accepted<L> {
+    /// Serve it; dropping the guard unregisters it.
+    Serve(ConnectionGuard<L>),
+    /// Close it now, unread.
+    Refuse,
+    /// The master is shutting down.
+    ShutDown,
 }
 
 /// The master's shared state, given to a driver and kept by the user: the commit log, the
@@ -81,6 +104,10 @@ struct MasterState {
     /// Waits whose waiter went away (a cancelled future); their completion is dropped.
     abandoned: HashSet<Ticket>,
     closed: VecDeque<ClosedConnection>,
+    /// Who may connect, and how many at once.
+    admission: Admission,
+    /// Refusals to report, oldest first.
+    refused: VecDeque<RefusedConnection>,
 }
 
 impl MasterState {
@@ -129,6 +156,8 @@ impl<L> MasterHandle<L> {
                     done: HashMap::new(),
                     abandoned: HashSet::new(),
                     closed: VecDeque::new(),
+                    admission: Admission::new(),
+                    refused: VecDeque::new(),
                 }),
                 changed: Event::new(),
                 stop: Stop::default(),
@@ -178,8 +207,27 @@ impl<L> MasterHandle<L> {
         lock(&self.inner.state).closed.drain(..).collect()
     }
 
+    /// Sets who may connect and how many connections are served at once; it applies to
+    /// connections accepted from now on (the ones being served stay). Every driver asks it
+    /// before reading a byte from a new socket, and closes the socket at once when refused.
+    /// The default admits everyone, as RocketMQ does.
+    pub fn set_admission(&self, admission: Admission) {
+        lock(&self.inner.state).admission = admission;
+    }
+
+    /// How many connections were refused since the last [`set_admission`](Self::set_admission).
+    pub fn refused_count(&self) -> u64 {
+        lock(&self.inner.state).admission.refused()
+    }
+
+    /// Takes the refusals worth reporting since the last call (at most the last 64; see
+    /// [`RefusedConnection`]).
+    pub fn take_refused(&self) -> Vec<RefusedConnection> {
+        lock(&self.inner.state).refused.drain(..).collect()
+    }
+
     /// Blocks until `pred` holds or `deadline` passes; `pred` is re-checked whenever a slave
-    /// acknowledges, connects or disconnects. Returns whether it held.
+    /// acknowledges, connects or disconnects, and whenever a connection is refused. Returns whether it held.
     pub fn wait_until_blocking(
         &self,
         deadline: Instant,
@@ -329,13 +377,26 @@ impl<L> MasterHandle<L> {
         &self.inner.stop
     }
 
-    /// Registers a socket the driver accepted from `peer` with the service; `None` once shut
-    /// down. Dropping the guard unregisters it.
-    pub(crate) fn register_accepted(&self, peer: SocketAddr) -> Option<ConnectionGuard<L>> {
+    /// Registers a socket the driver accepted from `peer` with the service, if the admission
+    /// policy lets it in. Dropping the guard unregisters it.
+    pub(crate) fn register_accepted(&self, peer: SocketAddr) -> Accepted<L> {
         let id = {
             let mut state = lock(&self.inner.state);
             if self.is_shut_down() {
-                return None;
+                return Accepted::ShutDown;
+            }
+            let live = state.peers.len();
+            if let Decision::Refuse { reason, report } = state.admission.decide(peer.ip(), live) {
+                if report {
+                    if state.refused.len() == HISTORY {
+                        state.refused.pop_front();
+                    }
+                    state.refused.push_back(RefusedConnection { peer, reason });
+                }
+                drop(state);
+                // Waiters may be counting refusals.
+                self.inner.changed.notify(usize::MAX);
+                return Accepted::Refuse;
             }
             let id = state.service.register(Instant::now());
             state.peers.insert(id, (peer, None));
@@ -343,7 +404,7 @@ impl<L> MasterHandle<L> {
             id
         };
         self.inner.changed.notify(usize::MAX);
-        Some(ConnectionGuard {
+        Accepted::Serve(ConnectionGuard {
             master: self.clone(),
             id,
             peer,

@@ -11,8 +11,8 @@ mod slave;
 mod stop;
 
 pub use log::SharedLog;
-pub(crate) use master::ConnectionGuard;
-pub use master::{ClosedConnection, MasterHandle, SlaveInfo};
+pub(crate) use master::{Accepted, ConnectionGuard};
+pub use master::{ClosedConnection, MasterHandle, RefusedConnection, SlaveInfo};
 pub(crate) use slave::SlaveDriver;
 pub use slave::{SlaveHandle, SlaveStatus};
 pub(crate) use stop::Stop;
