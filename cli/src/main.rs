@@ -1,6 +1,7 @@
 //! `rocketmq-ha`: serve a commit log store as a RocketMQ HA master, replicate one as a slave, or
 //! run both over loopback with generated data (`demo`, no set-up needed).
 
+mod access;
 mod bench;
 mod broker_conf;
 mod inspect;
@@ -196,6 +197,8 @@ struct MasterArgs {
         allow_hyphen_values = true
     )]
     status_interval: Seconds,
+    #[command(flatten)]
+    access: access::AccessArgs,
 }
 
 #[derive(clap::Args)]
@@ -416,7 +419,7 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         false => StartPosition::LastSegment,
     };
     let config = config_with(
-        conf.apply(Config::builder())?,
+        args.access.apply(conf.apply(Config::builder())?),
         args.batch_size,
         args.first_batch_size,
         start,
@@ -432,6 +435,7 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     );
     let transport = Transport::from(args.transport);
     let master = MasterHandle::new(log, config);
+    master.set_admission(args.access.admission());
     if let Some(rate) = args.rate_limit {
         let rate = std::num::NonZeroU64::new(rate.0.max(rocketmq_ha::flow::MIN_RATE))
             .unwrap_or(std::num::NonZeroU64::MIN);
@@ -481,6 +485,9 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
                 }
                 appended += n;
             }
+        }
+        for refused in master.take_refused() {
+            eprintln!("{}", access::describe(&refused));
         }
         for closed in master.take_closed() {
             match closed.error {
