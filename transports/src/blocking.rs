@@ -11,7 +11,7 @@
 //! a thread blocked in `read`, `write` or `accept`.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
@@ -220,10 +220,14 @@ pub fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
             driver.on_timeout();
             continue;
         }
-        // The loop's deadline is the dial's: the machine gives up on it then.
-        let addr = slave.master();
+        // The loop's deadline is the dial's: the machine gives up on it then. A host name is
+        // resolved again at each dial (the system resolver's own time limits apply to that
+        // step).
         let deadline = driver.deadline();
-        match TcpStream::connect_timeout(&addr, read_timeout(deadline).unwrap_or(Duration::MAX)) {
+        let dialed = driver
+            .dial_addresses_blocking()
+            .and_then(|addrs| dial_first(&mut driver, &addrs, deadline).map_err(Error::from));
+        match dialed {
             Ok(stream) => {
                 let Ok(key) = stop.register(&stream) else {
                     break;
@@ -233,9 +237,29 @@ pub fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
                 stop.unregister(key);
             }
             Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => driver.on_timeout(),
-            Err(e) => driver.connect_failed(e.into()),
+            Err(e) => driver.connect_failed(e),
         }
     }
+}
+
+/// Connects to the first of `addrs` that answers before `deadline`; the last error otherwise.
+fn dial_first<L: LogSink>(
+    driver: &mut SlaveDriver<L>,
+    addrs: &[SocketAddr],
+    deadline: Option<Instant>,
+) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to dial");
+    for &addr in addrs {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        driver.dialing(addr);
+        match TcpStream::connect_timeout(&addr, read_timeout(deadline).unwrap_or(Duration::MAX)) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// One connection on one thread: reports go out with non-blocking sends, so a master that

@@ -13,6 +13,7 @@ use rocketmq_ha::{
     REJECTIONS_TO_REPORT,
 };
 
+use super::dial::resolve_blocking;
 use super::{block_until, lock, until, SharedLog, Stop, HISTORY};
 use crate::Error;
 
@@ -55,6 +56,10 @@ struct SlaveInner<L> {
     log: SharedLog<L>,
     config: Config,
     master: SocketAddr,
+    /// The master as `HOST:PORT`, resolved again before every dial; `None`: dial `master`.
+    host: Option<String>,
+    /// The address of the last dial (`master` until the first).
+    dialed: Mutex<SocketAddr>,
     seed: u64,
     state: Mutex<SlaveState>,
     stop: Stop,
@@ -91,13 +96,36 @@ impl<L> SlaveHandle<L> {
         Self::with_seed(master, SharedLog::new(log), config, seed)
     }
 
+    /// A slave replicating from the master at `host` (`HOST:PORT`, a name or an address) into
+    /// `log`. The name is resolved now, so that a typo fails at once, and again before every
+    /// dial, so that a master that moved (a DNS name re-pointed after a fail-over) is found at
+    /// the next reconnect; each dial tries the addresses in the resolver's order.
+    pub fn with_host(host: &str, log: L, config: Config) -> Result<Self, Error> {
+        let first = resolve_blocking(host)?[0];
+        let seed = RandomState::new().hash_one(host);
+        let host = Some(host.to_owned());
+        Ok(Self::build(first, host, SharedLog::new(log), config, seed))
+    }
+
     /// A slave replicating into an already shared log, with a fixed reconnect jitter `seed`.
     pub fn with_seed(master: SocketAddr, log: SharedLog<L>, config: Config, seed: u64) -> Self {
+        Self::build(master, None, log, config, seed)
+    }
+
+    fn build(
+        master: SocketAddr,
+        host: Option<String>,
+        log: SharedLog<L>,
+        config: Config,
+        seed: u64,
+    ) -> Self {
         SlaveHandle {
             inner: Arc::new(SlaveInner {
                 log,
                 config,
                 master,
+                host,
+                dialed: Mutex::new(master),
                 seed,
                 state: Mutex::new(SlaveState::default()),
                 stop: Stop::default(),
@@ -115,9 +143,15 @@ impl<L> SlaveHandle<L> {
         self.inner.config
     }
 
-    /// The master's address.
+    /// The master's address: the one last dialed (a host name may resolve to another at
+    /// each dial, see [`with_host`](Self::with_host)).
     pub fn master(&self) -> SocketAddr {
-        self.inner.master
+        *lock(&self.inner.dialed)
+    }
+
+    /// The master's `HOST:PORT` when the slave resolves it before each dial.
+    pub fn master_host(&self) -> Option<&str> {
+        self.inner.host.as_deref()
     }
 
     /// Connection state and counters.
@@ -228,7 +262,7 @@ impl<L: LogSink> SlaveDriver<L> {
         }
         while let Some(event) = self.lp.poll_event() {
             if let ClientEvent::Rejected { offset, closes } = event {
-                let addr = self.handle.inner.master;
+                let addr = self.handle.master();
                 self.sync_status(Some(Error::Rejected {
                     addr,
                     offset,
@@ -236,6 +270,24 @@ impl<L: LogSink> SlaveDriver<L> {
                 }));
             }
         }
+    }
+
+    /// The addresses to dial now, in order: the host name resolved again, or the address.
+    pub(crate) fn dial_addresses_blocking(&self) -> Result<Vec<SocketAddr>, Error> {
+        match &self.handle.inner.host {
+            Some(host) => resolve_blocking(host),
+            None => Ok(vec![self.handle.inner.master]),
+        }
+    }
+
+    /// The host to resolve before dialing, if any (async drivers resolve off their thread).
+    pub(crate) fn dial_host(&self) -> Option<String> {
+        self.handle.inner.host.clone()
+    }
+
+    /// The address the dial is trying now (for status and error messages).
+    pub(crate) fn dialing(&self, addr: SocketAddr) {
+        *lock(&self.handle.inner.dialed) = addr;
     }
 
     /// Whether to dial now (see [`SlaveLoop::poll_dial`]).
@@ -314,7 +366,7 @@ impl<L: LogSink> SlaveDriver<L> {
     /// The deadline passed (or the driver woke early).
     pub(crate) fn on_timeout(&mut self) {
         let result = self.lp.handle_timeout(Instant::now());
-        let addr = self.handle.inner.master;
+        let addr = self.handle.master();
         match result {
             Err(ClientError::ConnectTimeout { after }) => {
                 self.sync_status(Some(Error::ConnectTimeout { addr, after }))
