@@ -344,16 +344,31 @@ fn config_with(
     first: Size,
     start: StartPosition,
 ) -> Result<Config, Failure> {
-    let size = |s: Size| {
-        u32::try_from(s.0).map_err(|_| Failure(format!("batch size {} is too large", s.0)))
+    // The core's errors name its settings; a user typed options.
+    let size = |s: Size, option: &str| match u32::try_from(s.0) {
+        Ok(0) => Err(Failure(format!("{option} 0: must be at least 1 byte"))),
+        Ok(n) if n > MAX_BATCH => Err(Failure(format!(
+            "{option} {}: at most {MAX_BATCH} bytes (a frame, its 12-byte header included, \
+             must fit the 4 MiB a slave accepts)",
+            s.0
+        ))),
+        Ok(n) => Ok(n),
+        Err(_) => Err(Failure(format!(
+            "{option} {}: at most {MAX_BATCH} bytes",
+            s.0
+        ))),
     };
     builder
-        .transfer_batch_size(size(batch)?)
-        .first_batch_size(Some(size(first)?))
+        .transfer_batch_size(size(batch, "--batch-size")?)
+        .first_batch_size(Some(size(first, "--first-batch-size")?))
         .start_position(start)
         .build()
         .context("invalid settings")
 }
+
+/// The largest batch whose frame fits a Java slave's 4 MiB read buffer (§2.2).
+const MAX_BATCH: u32 =
+    rocketmq_ha::wire::JAVA_MAX_FRAME_SIZE - rocketmq_ha::wire::TRANSFER_HEADER_LEN as u32;
 
 fn open_store(
     path: &Path,

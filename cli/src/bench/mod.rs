@@ -175,10 +175,52 @@ enum Part {
     Flow,
 }
 
-pub fn bench(args: BenchArgs) -> Result<(), Failure> {
+/// Refuses options that would measure nothing or print nonsense (a rate over zero bytes, a
+/// part with no transport to run on), naming the option, before anything is generated.
+fn check(args: &BenchArgs) -> Result<(), Failure> {
     if args.batch_size.is_empty() || args.transport.is_empty() {
         return Err(Failure("give at least one transport and batch size".into()));
     }
+    let positive = |option: &str, value: u64| match value {
+        0 => Err(Failure(format!("{option} 0: must be more than 0"))),
+        _ => Ok(()),
+    };
+    positive("--bytes", args.bytes.0)?;
+    positive("--fanout-bytes", args.fanout_bytes.0)?;
+    positive("--runs", args.runs as u64)?;
+    positive("--messages", args.messages as u64)?;
+    positive("--idle-connections", args.idle_connections as u64)?;
+    positive("--flow-seconds", args.flow_seconds)?;
+    for size in &args.message_sizes {
+        positive("--message-sizes", size.0)?;
+    }
+    for &slaves in &args.fanout {
+        positive("--fanout", slaves as u64)?;
+    }
+    if args.flow_rate.0 < rocketmq_ha::flow::MIN_RATE {
+        return Err(Failure(format!(
+            "--flow-rate {}: must be at least {} bytes a second",
+            args.flow_rate.0,
+            rocketmq_ha::flow::MIN_RATE
+        )));
+    }
+    let async_transport = args
+        .transport
+        .iter()
+        .any(|&t| Transport::from(t) != Transport::Blocking);
+    if args.only.contains(&Part::Fanout) && !async_transport {
+        let message = "the fan-out test runs on the async transports only (smol, tokio), and \
+                       --transport names none";
+        if args.only.iter().all(|&p| p == Part::Fanout) {
+            return Err(Failure(format!("--only fanout: {message}")));
+        }
+        eprintln!("note: skipping fan-out: {message}");
+    }
+    Ok(())
+}
+
+pub fn bench(args: BenchArgs) -> Result<(), Failure> {
+    check(&args)?;
     let part = |p: Part| args.only.contains(&p);
     let transports: Vec<Transport> = args.transport.iter().map(|&t| t.into()).collect();
     let machine = Machine::describe();
