@@ -5,6 +5,7 @@ mod access;
 mod bench;
 mod broker_conf;
 mod inspect;
+mod listen;
 mod policy;
 mod produce;
 mod progress;
@@ -127,12 +128,14 @@ impl From<TransportArg> for Transport {
 
 #[derive(clap::Args)]
 struct MasterArgs {
-    /// Address to listen on for slaves (RocketMQ's HA port is the broker's port + 1).
+    /// Address to listen on for slaves, HOST:PORT (a name or an address; RocketMQ's HA port is
+    /// the broker's port + 1, haListenPort of --config).
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:10912")]
-    listen: SocketAddr,
-    /// Store directory, holding `commitlog/`; created empty if missing.
-    #[arg(long, value_name = "DIR")]
-    store: PathBuf,
+    listen: String,
+    /// Store directory, holding `commitlog/` (or storePathRootDir / storePathCommitLog of
+    /// --config); created empty if missing.
+    #[arg(long, value_name = "DIR", required_unless_present = "broker_conf")]
+    store: Option<PathBuf>,
     /// Segment (mapped file) size of the store, 4KiB to 64GiB; slaves must use the same.
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     segment_size: SegmentSize,
@@ -181,12 +184,13 @@ struct MasterArgs {
     /// default in-sync:1 waits for no slave at all), all-in-sync (allAckInSyncStateSet).
     #[arg(long, value_name = "POLICY", default_value = "slaves:1")]
     sync_policy: Policy,
-    /// Read the HA keys of a RocketMQ broker.conf (brokerRole, haListenPort,
-    /// mappedFileSizeCommitLog, haSendHeartbeatInterval, haHousekeepingInterval,
-    /// haTransferBatchSize, haMaxGapNotInSync, slaveTimeout, haFlowControlEnable,
-    /// maxHaTransferByteInSecond, inSyncReplicas, minInSyncReplicas, enableAutoInSyncReplicas,
-    /// allAckInSyncStateSet); flags given here win over the file.
-    #[arg(long, value_name = "FILE")]
+    /// Read the HA and store keys of a RocketMQ broker.conf (brokerRole, storePathRootDir,
+    /// storePathCommitLog, flushDiskType, haListenPort, mappedFileSizeCommitLog,
+    /// haSendHeartbeatInterval, haHousekeepingInterval, haTransferBatchSize, haMaxGapNotInSync,
+    /// slaveTimeout, haFlowControlEnable, maxHaTransferByteInSecond, inSyncReplicas,
+    /// minInSyncReplicas, enableAutoInSyncReplicas, allAckInSyncStateSet); flags given here win
+    /// over the file, other keys are ignored.
+    #[arg(long = "config", visible_alias = "broker-conf", value_name = "FILE")]
     broker_conf: Option<PathBuf>,
     /// Seconds between status reports (more than 0, at most a day; below 0.1, reports come
     /// every 0.1 s).
@@ -203,16 +207,20 @@ struct MasterArgs {
 
 #[derive(clap::Args)]
 struct SlaveArgs {
-    /// The master's HA address, HOST:PORT (or haMasterAddress of --broker-conf).
+    /// The master's HA address, HOST:PORT (or haMasterAddress of --config); a host name is
+    /// resolved again before every reconnect.
     #[arg(long, value_name = "ADDR", required_unless_present = "broker_conf")]
     master: Option<String>,
-    /// Read the HA keys of a RocketMQ broker.conf (haMasterAddress, mappedFileSizeCommitLog,
-    /// haSendHeartbeatInterval, haHousekeepingInterval); flags given here win over the file.
-    #[arg(long, value_name = "FILE")]
+    /// Read the HA and store keys of a RocketMQ broker.conf (brokerRole, haMasterAddress,
+    /// storePathRootDir, storePathCommitLog, flushDiskType, mappedFileSizeCommitLog,
+    /// haSendHeartbeatInterval, haHousekeepingInterval); flags given here win over the file,
+    /// other keys are ignored.
+    #[arg(long = "config", visible_alias = "broker-conf", value_name = "FILE")]
     broker_conf: Option<PathBuf>,
-    /// Store directory, holding `commitlog/`; created empty if missing.
-    #[arg(long, value_name = "DIR")]
-    store: PathBuf,
+    /// Store directory, holding `commitlog/` (or storePathRootDir / storePathCommitLog of
+    /// --config); created empty if missing.
+    #[arg(long, value_name = "DIR", required_unless_present = "broker_conf")]
+    store: Option<PathBuf>,
     /// Segment (mapped file) size of the store, 4KiB to 64GiB; must equal the master's (an
     /// existing store of another size is refused, and a master whose frames show another size
     /// is refused as soon as they do).
@@ -314,9 +322,25 @@ impl Given<'_> {
     }
 }
 
-/// Reads `--broker-conf`, or nothing.
-fn broker_conf(path: Option<&Path>) -> Result<BrokerConf, Failure> {
-    path.map_or(Ok(BrokerConf::default()), BrokerConf::load)
+/// Reads `--config`, or nothing; checks its role against the command and says which keys it
+/// uses.
+fn broker_conf(path: Option<&Path>, master: bool) -> Result<BrokerConf, Failure> {
+    let conf = path.map_or(Ok(BrokerConf::default()), BrokerConf::load)?;
+    conf.check_role(master)?;
+    if let Some(summary) = conf.summary() {
+        eprintln!("{summary}");
+    }
+    Ok(conf)
+}
+
+/// `--store`, else the store directory of `--config`.
+fn store_dir(flag: Option<PathBuf>, conf: &BrokerConf) -> Result<PathBuf, Failure> {
+    match flag {
+        Some(store) => Ok(store),
+        None => conf.store_dir()?.ok_or_else(|| {
+            Failure("give --store, or storePathRootDir or storePathCommitLog in --config".into())
+        }),
+    }
 }
 
 /// A segment size from a broker.conf, checked as `--segment-size` is.
@@ -399,12 +423,13 @@ fn open_store(
 }
 
 fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
-    let conf = broker_conf(args.broker_conf.as_deref())?;
-    if !given.flag("listen") {
-        if let Some(port) = conf.listen_port()? {
-            args.listen.set_port(port);
-        }
-    }
+    let conf = broker_conf(args.broker_conf.as_deref(), true)?;
+    let port = match given.flag("listen") {
+        true => None,
+        false => conf.listen_port()?,
+    };
+    let listen = listen::listen_address(&args.listen, port)?;
+    let store = store_dir(args.store.take(), &conf)?;
     if !given.flag("segment_size") {
         args.segment_size = conf_segment_size(&conf, args.segment_size)?;
     }
@@ -426,7 +451,7 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     }
     if given.flag("sync_policy") && !args.sync {
         return Err(Failure(
-            "--sync-policy needs --sync (or brokerRole=SYNC_MASTER in --broker-conf)".into(),
+            "--sync-policy needs --sync (or brokerRole=SYNC_MASTER in --config)".into(),
         ));
     }
     let start = match args.from_oldest {
@@ -439,11 +464,16 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         args.first_batch_size,
         start,
     )?;
-    let log = open_store(&args.store, args.segment_size, args.store_format)?;
+    let mut log = open_store(&store, args.segment_size, args.store_format)?;
+    if conf.sync_flush()? == Some(true) {
+        // flushDiskType=SYNC_FLUSH: an append is on disk before it counts.
+        log.set_flush_mode(FlushMode::EveryAppend)
+            .context("syncing the store")?;
+    }
     let mut payload = Payload::for_store(&log, args.message_size);
     eprintln!(
         "store {}: offsets {}..{} ({})",
-        args.store.display(),
+        store.display(),
         log.min_offset(),
         log.max_offset(),
         Human(log.max_offset() - log.min_offset())
@@ -466,8 +496,8 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     let flusher = Flusher::spawn(master.log().clone()).context("starting the flusher")?;
     signals::install();
     let server = transport
-        .spawn_master(args.listen, master.clone())
-        .context(format_args!("listening on {}", args.listen))?;
+        .spawn_master(listen, master.clone())
+        .context(format_args!("listening on {listen}"))?;
     if let Some(addr) = server.local_addr() {
         eprintln!("master listening on {addr} ({transport} transport)");
     }
@@ -579,7 +609,10 @@ fn report_slaves(
 }
 
 fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
-    let conf = broker_conf(args.broker_conf.as_deref())?;
+    let conf = broker_conf(args.broker_conf.as_deref(), false)?;
+    let store = store_dir(args.store.take(), &conf)?;
+    // flushDiskType=SYNC_FLUSH: what is acked is on disk.
+    args.flush_before_ack |= conf.sync_flush()? == Some(true);
     if !given.flag("segment_size") {
         args.segment_size = conf_segment_size(&conf, args.segment_size)?;
     }
@@ -588,10 +621,12 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
         (None, Some(master)) => master.to_owned(),
         (None, None) => {
             return Err(Failure(
-                "give --master, or haMasterAddress in --broker-conf".into(),
+                "give --master, or haMasterAddress in --config".into(),
             ))
         }
     };
+    // Resolved now to refuse a typo before the store is created; the driver resolves the name
+    // again before every dial.
     let addr = master
         .to_socket_addrs()
         .context(format_args!("resolving {master}"))?
@@ -605,15 +640,16 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
         .verify_records(args.verify)
         .build()
         .context("invalid settings")?;
-    let mut log = open_store(&args.store, args.segment_size, args.store_format)?;
+    let mut log = open_store(&store, args.segment_size, args.store_format)?;
     if args.flush_before_ack {
         log.set_flush_mode(FlushMode::EveryAppend)
             .context("syncing the store")?;
     }
     let transport = Transport::from(args.transport);
     eprintln!(
-        "store {}: ends at {}, synced up to {}; replicating from {addr} ({transport} transport{}{})",
-        args.store.display(),
+        "store {}: ends at {}, synced up to {}; replicating from {master} ({addr}; {transport} \
+         transport{}{})",
+        store.display(),
         log.max_offset(),
         log.synced_offset(),
         if args.flush_before_ack {
@@ -627,7 +663,8 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
             ""
         }
     );
-    let slave = SlaveHandle::new(addr, log, slave_config);
+    let slave = SlaveHandle::with_host(&master, log, slave_config)
+        .context(format_args!("resolving {master}"))?;
     // With --flush-before-ack every append syncs and the flusher finds nothing to do.
     let flusher = Flusher::spawn(slave.log().clone()).context("starting the flusher")?;
     signals::install();
