@@ -273,10 +273,17 @@ impl BrokerConf {
         if self.flag("haFlowControlEnable")? != Some(true) {
             return Ok(None);
         }
-        Ok(Some(
-            self.number("maxHaTransferByteInSecond")?
-                .unwrap_or(DEFAULT_FLOW_RATE),
-        ))
+        let rate = self
+            .number("maxHaTransferByteInSecond")?
+            .unwrap_or(DEFAULT_FLOW_RATE);
+        if rate < rocketmq_ha::flow::MIN_RATE {
+            return Err(self.bad(
+                "maxHaTransferByteInSecond",
+                &rate.to_string(),
+                "must be at least 1024 bytes a second",
+            ));
+        }
+        Ok(Some(rate))
     }
 
     /// The ack policy the quorum keys ask for, if they say anything.
@@ -427,6 +434,12 @@ enableAutoInSyncReplicas=true
             assert!(err.contains(key), "{text}: {err}");
         }
         assert_eq!(BrokerConf::default().summary(), None);
+        let slow = BrokerConf::parse(
+            "haFlowControlEnable=true\nmaxHaTransferByteInSecond=10\n",
+            "b.conf",
+        );
+        let err = slow.rate_limit().unwrap_err().0;
+        assert!(err.contains("maxHaTransferByteInSecond=10"), "{err}");
     }
 
     #[test]

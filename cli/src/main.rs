@@ -423,6 +423,12 @@ fn open_store(
 }
 
 fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
+    if let Some(rate) = args.append_rate {
+        bench::positive("--append-rate", rate.0)?;
+    }
+    if let Some(rate) = args.rate_limit {
+        bench::at_least("--rate-limit", rate.0, rocketmq_ha::flow::MIN_RATE)?;
+    }
     let conf = broker_conf(args.broker_conf.as_deref(), true)?;
     let port = match given.flag("listen") {
         true => None,
@@ -774,6 +780,7 @@ fn follow(
 }
 
 fn demo(args: DemoArgs) -> Result<(), Failure> {
+    bench::positive("--bytes", args.bytes.0)?;
     let transport = Transport::from(args.transport);
     let dir = TempDir::new("demo", args.keep)?;
     let (master_store, slave_store) = (dir.0.join("master"), dir.0.join("slave"));

@@ -127,6 +127,40 @@ fn bench_refuses_zero_bytes_naming_the_option() {
 }
 
 #[test]
+fn zero_sizes_and_rates_are_refused_naming_the_option() {
+    let dir = TempDir::new("zero");
+    let store = dir.join("store");
+    for (args, expected) in [
+        (
+            &["demo", "--bytes", "0"][..],
+            "--bytes 0: must be more than 0",
+        ),
+        (
+            &["master", "--append-rate", "0"][..],
+            "--append-rate 0: must be more than 0",
+        ),
+        (
+            &["master", "--rate-limit", "100"][..],
+            "--rate-limit 100: must be at least 1024",
+        ),
+        (
+            &["bench", "--flow-rate", "0"][..],
+            "--flow-rate 0: must be at least 1024",
+        ),
+    ] {
+        let mut command = vec!["--store", &store, "--listen", "127.0.0.1:0"];
+        if args[0] != "master" {
+            command.clear();
+        }
+        let (code, stdout, stderr) = run(&[args, &command].concat());
+        assert_eq!(code, Some(1), "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stdout.contains("MB/s"), "{args:?}: ran anyway: {stdout}");
+        assert!(!std::path::Path::new(&store).exists(), "{args:?}: started");
+    }
+}
+
+#[test]
 fn bench_refuses_a_fanout_on_the_blocking_transport_alone() {
     let (code, stdout, stderr) = run(&["bench", "--only", "fanout", "--transport", "blocking"]);
     assert_eq!(code, Some(1), "{stdout}{stderr}");

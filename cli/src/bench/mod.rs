@@ -175,16 +175,31 @@ enum Part {
     Flow,
 }
 
+/// Refuses 0 for `option`, naming it: a size or count of nothing gives no figure.
+pub(crate) fn positive(option: &str, value: u64) -> Result<(), Failure> {
+    match value {
+        0 => Err(Failure(format!("{option} 0: must be more than 0"))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a rate below `least` bytes a second for `option`, naming it, rather than raising
+/// it silently.
+pub(crate) fn at_least(option: &str, value: u64, least: u64) -> Result<(), Failure> {
+    match value < least {
+        true => Err(Failure(format!(
+            "{option} {value}: must be at least {least} bytes a second"
+        ))),
+        false => Ok(()),
+    }
+}
+
 /// Refuses options that would measure nothing or print nonsense (a rate over zero bytes, a
 /// part with no transport to run on), naming the option, before anything is generated.
 fn check(args: &BenchArgs) -> Result<(), Failure> {
     if args.batch_size.is_empty() || args.transport.is_empty() {
         return Err(Failure("give at least one transport and batch size".into()));
     }
-    let positive = |option: &str, value: u64| match value {
-        0 => Err(Failure(format!("{option} 0: must be more than 0"))),
-        _ => Ok(()),
-    };
     positive("--bytes", args.bytes.0)?;
     positive("--fanout-bytes", args.fanout_bytes.0)?;
     positive("--runs", args.runs as u64)?;
@@ -197,13 +212,7 @@ fn check(args: &BenchArgs) -> Result<(), Failure> {
     for &slaves in &args.fanout {
         positive("--fanout", slaves as u64)?;
     }
-    if args.flow_rate.0 < rocketmq_ha::flow::MIN_RATE {
-        return Err(Failure(format!(
-            "--flow-rate {}: must be at least {} bytes a second",
-            args.flow_rate.0,
-            rocketmq_ha::flow::MIN_RATE
-        )));
-    }
+    at_least("--flow-rate", args.flow_rate.0, rocketmq_ha::flow::MIN_RATE)?;
     let async_transport = args
         .transport
         .iter()
