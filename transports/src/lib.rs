@@ -25,8 +25,11 @@
 //!   and async tasks can wait on. A producer appending to a master's log wakes its connections.
 //! * [`MasterHandle`]: the log, the [`MasterService`](rocketmq_ha::MasterService) every
 //!   connection reports acks to, and synchronous replication
-//!   ([`MasterHandle::append_replicated_blocking`], [`smol::wait_replicated`], ...).
-//! * [`SlaveHandle`]: the slave's log, status and errors.
+//!   ([`MasterHandle::append_replicated_blocking`], [`smol::wait_replicated`], ...), and who
+//!   may connect ([`MasterHandle::set_admission`]: a connection limit and an allow list, decided
+//!   by the core's [`Admission`](rocketmq_ha::Admission); refused sockets are closed unread).
+//! * [`SlaveHandle`]: the slave's log, status and errors; a master given by host name
+//!   ([`SlaveHandle::with_host`]) is resolved again before every dial.
 //!
 //! Shutting a handle down closes its sockets, ends its driver, and completes pending sync waits
 //! with [`SyncError::Shutdown`](rocketmq_ha::SyncError::Shutdown). [`Transport`] runs any driver
