@@ -345,3 +345,55 @@ fn peers_outside_the_allow_list_are_closed_unread_and_reported_once_each() {
         pair.stop();
     }
 }
+
+#[test]
+fn a_slave_arriving_after_a_flood_is_served_once_the_silent_peers_time_out() {
+    let _serial = serial();
+    const LIMIT: usize = 100;
+    let config = Config::builder()
+        .start_position(StartPosition::OldestRetained)
+        .heartbeat_interval(Duration::from_millis(500))
+        .first_report_timeout(Duration::from_millis(1_500))
+        .reconnect_backoff_initial(Duration::from_millis(10))
+        .reconnect_backoff_max(Duration::from_millis(200))
+        .build()
+        .expect("valid test config");
+    for &transport in Transport::ALL {
+        let mut log = MemoryLog::new(16 * MIB);
+        log.push(pattern(0, MIB));
+        let master = MasterHandle::new(log, config);
+        master.set_admission(Admission::new().max_connections(Some(LIMIT)));
+        let server = transport
+            .spawn_master(loopback(), master.clone())
+            .expect("master starts");
+        let addr = server.local_addr().expect("a master listens");
+        // Silent sockets take every place...
+        let idle: Vec<TcpStream> = (0..LIMIT + 50)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        assert!(master.wait_until_blocking(deadline(), |m| m.refused_count() >= 50));
+        assert_eq!(master.slaves().len(), LIMIT, "{transport}");
+        // ... so the slave is refused at first, and served once the deadline frees them.
+        let slave = SlaveHandle::new(addr, MemoryLog::new(16 * MIB), config);
+        let client = transport.spawn_slave(slave.clone()).expect("slave starts");
+        let reached = slave.wait_until_blocking(deadline(), |s| s.log().max_offset() >= MIB);
+        assert!(
+            reached,
+            "{transport}: the slave stopped at {}; its errors: {:?}",
+            slave.log().max_offset(),
+            slave.take_errors()
+        );
+        assert!(
+            master.refused_count() > 50,
+            "{transport}: the slave was never refused, so the test proved nothing"
+        );
+        assert!(
+            idle.iter()
+                .all(|s| closed_within(s, Duration::from_secs(10)).is_some()),
+            "{transport}: a silent socket outlived its deadline"
+        );
+        drop(idle);
+        client.shutdown().expect("slave stops");
+        server.shutdown().expect("master stops");
+    }
+}
