@@ -192,6 +192,27 @@ pub enum Decision {
 /// A driver calls [`decide`](Self::decide) for every socket it accepts, with the number of
 /// connections being served, and closes the socket at once when told to refuse it. The default
 /// admits everyone, any number of times, as RocketMQ does.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use rocketmq_ha::{Admission, Decision, IpNet, Refusal};
+///
+/// let lan: IpNet = "10.0.0.0/8".parse()?;
+/// let mut admission = Admission::new().allow([lan]).max_connections(Some(2));
+/// let slave: IpAddr = "10.1.2.3".parse()?;
+/// assert_eq!(admission.decide(slave, 0), Decision::Accept);
+/// // Full: refused, and worth a log line the first time.
+/// assert_eq!(
+///     admission.decide(slave, 2),
+///     Decision::Refuse { reason: Refusal::TooManyConnections { limit: 2 }, report: true }
+/// );
+/// let stranger: IpAddr = "192.0.2.1".parse()?;
+/// assert!(matches!(
+///     admission.decide(stranger, 0),
+///     Decision::Refuse { reason: Refusal::NotAllowed, .. }
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct Admission {
     max_connections: Option<usize>,
