@@ -144,6 +144,8 @@ pub struct HaClient {
     had_frame: bool,
     /// Connections in a row that the master closed after our report without any frame.
     rejections: u32,
+    /// Whole frames received, heartbeats included, over every connection.
+    frames_received: u64,
 }
 
 impl HaClient {
@@ -179,12 +181,18 @@ impl HaClient {
             leftover: 0,
             had_frame: false,
             rejections: 0,
+            frames_received: 0,
         };
         client.dial(now);
         client
     }
 
     // --- getters ---
+
+    /// Whole frames received so far, heartbeats included, over every connection.
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received
+    }
 
     /// Whether a connection to the master is up.
     pub fn is_connected(&self) -> bool {
@@ -362,6 +370,7 @@ impl HaClient {
             // A valid frame is network progress: the next network failure starts its back-off
             // afresh. (Local failures have their own back-off, reset only by a stored append.)
             self.backoff.reset();
+            self.frames_received += 1;
             self.had_frame = true;
             self.rejections = 0;
             if !frame.body.is_empty() {

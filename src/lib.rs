@@ -111,6 +111,7 @@ pub mod record;
 mod service;
 mod slave_loop;
 mod timer;
+mod traffic;
 pub mod wire;
 
 #[doc = include_str!("../docs/protocol.md")]
@@ -126,3 +127,4 @@ pub use master::{MasterConnection, MasterEvent, Transmit};
 pub use master_loop::MasterLoop;
 pub use service::{ConnectionId, MasterService, SyncCompletion, Ticket};
 pub use slave_loop::{PendingReport, SlaveLoop};
+pub use traffic::Traffic;
