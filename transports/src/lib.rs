@@ -28,6 +28,10 @@
 //!   ([`MasterHandle::append_replicated_blocking`], [`smol::wait_replicated`], ...).
 //! * [`SlaveHandle`]: the slave's log, status and errors.
 //!
+//! Each connection logs through `tracing` (a span per connection; connects, start offsets and
+//! closes with their [`CloseReason`] at `info` or `warn`, frames at `trace`) and counts its
+//! bytes and frames ([`SlaveInfo::traffic`], [`SlaveStatus::traffic`], [`MasterTotals`]).
+//!
 //! Shutting a handle down closes its sockets, ends its driver, and completes pending sync waits
 //! with [`SyncError::Shutdown`](rocketmq_ha::SyncError::Shutdown). [`Transport`] runs any driver
 //! on a background thread, chosen at run time.
@@ -65,6 +69,7 @@
 pub mod blocking;
 mod error;
 pub mod file_log;
+mod observe;
 mod runtime;
 mod shared;
 pub mod smol;
@@ -73,5 +78,8 @@ pub mod tokio;
 mod transport;
 
 pub use error::Error;
-pub use shared::{ClosedConnection, MasterHandle, SharedLog, SlaveHandle, SlaveInfo, SlaveStatus};
+pub use observe::CloseReason;
+pub use shared::{
+    ClosedConnection, MasterHandle, MasterTotals, SharedLog, SlaveHandle, SlaveInfo, SlaveStatus,
+};
 pub use transport::{Running, Transport, UnknownTransport};

@@ -12,7 +12,7 @@ mod stop;
 
 pub use log::SharedLog;
 pub(crate) use master::ConnectionGuard;
-pub use master::{ClosedConnection, MasterHandle, SlaveInfo};
+pub use master::{ClosedConnection, MasterHandle, MasterTotals, SlaveInfo};
 pub(crate) use slave::SlaveDriver;
 pub use slave::{SlaveHandle, SlaveStatus};
 pub(crate) use stop::Stop;
