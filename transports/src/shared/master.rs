@@ -547,12 +547,7 @@ impl<L> ConnectionGuard<L> {
                         if let Some(peer) = state.peers.get_mut(&self.id) {
                             peer.requested = Some(requested);
                         }
-                        tracing::info!(
-                            parent: &self.span,
-                            requested,
-                            start,
-                            "slave reported offset {requested}; transfer starts at {start}"
-                        );
+                        tracing::info!(parent: &self.span, requested, start, "transfer starts");
                     }
                     MasterEvent::Acked { offset } => {
                         tracing::trace!(parent: &self.span, offset, "ack");
@@ -602,13 +597,13 @@ impl<L> Drop for ConnectionGuard<L> {
         let (sent, received) = (traffic.bytes_out, traffic.bytes_in);
         match &error {
             Some(e) if reason.is_error() => {
-                tracing::warn!(parent: &self.span, %reason, sent, received, "slave connection closed: {e}")
+                tracing::warn!(parent: &self.span, reason = reason.label(), sent, received, "slave connection closed: {e}")
             }
             Some(e) => {
-                tracing::info!(parent: &self.span, %reason, sent, received, "slave connection {reason} ({e})")
+                tracing::info!(parent: &self.span, reason = reason.label(), sent, received, "slave connection {reason} ({e})")
             }
             None => {
-                tracing::info!(parent: &self.span, %reason, sent, received, "slave connection {reason}")
+                tracing::info!(parent: &self.span, reason = reason.label(), sent, received, "slave connection {reason}")
             }
         }
         {

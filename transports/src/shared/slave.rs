@@ -390,9 +390,9 @@ impl<L: LogSink> SlaveDriver<L> {
                 let reason =
                     CloseReason::classify(Some(&error), status.state == ConnectionState::Shutdown);
                 if reason.is_error() {
-                    tracing::warn!(parent: &self.span, %reason, "{error}");
+                    tracing::warn!(parent: &self.span, reason = reason.label(), "{error}");
                 } else {
-                    tracing::info!(parent: &self.span, %reason, "{error}");
+                    tracing::info!(parent: &self.span, reason = reason.label(), "{error}");
                 }
                 status.failures += 1;
                 if state.errors.len() == HISTORY {
