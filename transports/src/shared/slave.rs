@@ -197,6 +197,11 @@ pub(crate) struct SlaveDriver<L> {
     first_store_pending: bool,
     /// The current connection's span (the dial's, between connections).
     span: Span,
+    /// The span of dials: `master{addr}`.
+    dial_span: Span,
+    /// Dials failed in a row: only the first is a warning, so a master that is down for an
+    /// hour does not fill the log (the status line says "connecting" meanwhile).
+    failed_dials: u32,
     /// Frames received as last logged, for `trace` events of the frames since.
     logged_frames: u64,
 }
@@ -209,7 +214,9 @@ impl<L: LogSink> SlaveDriver<L> {
             handle,
             lp,
             first_store_pending: false,
+            dial_span: span.clone(),
             span,
+            failed_dials: 0,
             logged_frames: 0,
         }
     }
@@ -260,6 +267,7 @@ impl<L: LogSink> SlaveDriver<L> {
     /// The dial succeeded: start a connection from the local log's max offset.
     pub(crate) fn connected(&mut self) {
         self.first_store_pending = true;
+        self.failed_dials = 0;
         let max = self.handle.inner.log.max_offset();
         let connection = lock(&self.handle.inner.state).status.connections + 1;
         self.span = tracing::info_span!("master", addr = %self.handle.inner.master, connection);
@@ -270,6 +278,8 @@ impl<L: LogSink> SlaveDriver<L> {
 
     /// The dial failed.
     pub(crate) fn connect_failed(&mut self, error: Error) {
+        self.span = self.dial_span.clone();
+        self.failed_dials = self.failed_dials.saturating_add(1);
         self.lp.handle_connect_failed(Instant::now());
         self.sync_status(Some(error));
     }
@@ -345,6 +355,8 @@ impl<L: LogSink> SlaveDriver<L> {
         let addr = self.handle.inner.master;
         match result {
             Err(ClientError::ConnectTimeout { after }) => {
+                self.span = self.dial_span.clone();
+                self.failed_dials = self.failed_dials.saturating_add(1);
                 self.sync_status(Some(Error::ConnectTimeout { addr, after }))
             }
             other => self.check(other),
@@ -389,7 +401,14 @@ impl<L: LogSink> SlaveDriver<L> {
             if let Some(error) = error {
                 let reason =
                     CloseReason::classify(Some(&error), status.state == ConnectionState::Shutdown);
-                if reason.is_error() {
+                if reason.is_error() && self.failed_dials > 1 {
+                    tracing::debug!(
+                        parent: &self.span,
+                        reason = reason.label(),
+                        failed_dials = self.failed_dials,
+                        "{error}"
+                    );
+                } else if reason.is_error() {
                     tracing::warn!(parent: &self.span, reason = reason.label(), "{error}");
                 } else {
                     tracing::info!(parent: &self.span, reason = reason.label(), "{error}");
