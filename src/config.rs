@@ -40,6 +40,8 @@ pub struct Config {
     local_failure_backoff_initial: Duration,
     local_failure_backoff_max: Duration,
     rate_limit: Option<NonZeroU64>,
+    local_segment_size: Option<NonZeroU64>,
+    verify_records: bool,
 }
 
 impl Default for Config {
@@ -62,6 +64,8 @@ impl Default for Config {
             local_failure_backoff_initial: Duration::from_millis(1_000),
             local_failure_backoff_max: Duration::from_millis(30_000),
             rate_limit: None,
+            local_segment_size: None,
+            verify_records: false,
         }
     }
 }
@@ -173,6 +177,11 @@ impl Config {
         self.local_failure_backoff_max
     }
 
+    /// A builder starting from this configuration, to change a few settings of it.
+    pub fn to_builder(self) -> ConfigBuilder {
+        ConfigBuilder { config: self }
+    }
+
     /// `haFlowControlEnable` + `maxHaTransferByteInSecond` (off; RocketMQ's value when on is
     /// 100 MiB/s): the most bytes a second, headers and bodies, the master sends to one slave
     /// (§3.9). When the budget is spent the master waits for it to refill rather than send
@@ -182,6 +191,28 @@ impl Config {
     /// [`flow::MIN_RATE`](crate::flow::MIN_RATE).
     pub fn rate_limit(&self) -> Option<NonZeroU64> {
         self.rate_limit
+    }
+
+    /// Slave: the segment size (`mappedFileSizeCommitLog`) of the slave's own log (none by
+    /// default). A master never sends a frame that crosses one of its segments, and starts an
+    /// empty slave on a segment boundary, so a frame that crosses one of the slave's segments,
+    /// or an empty slave's first frame off a boundary, shows that the master's segment size is
+    /// another: the slave closes with [`ClientError::SegmentSizeMismatch`](crate::ClientError)
+    /// and retries only after the local back-off. Without it the slave accepts any layout. Not
+    /// every mismatch shows (a master's size that is a multiple of the slave's may not cross a
+    /// boundary for a long time); what shows is refused at the first frame.
+    pub fn local_segment_size(&self) -> Option<NonZeroU64> {
+        self.local_segment_size
+    }
+
+    /// Slave: check every record the master sends before storing it (off by default; needs
+    /// [`local_segment_size`](Self::local_segment_size)). The log must be RocketMQ CommitLog
+    /// records; a record that fails RocketMQ's recovery checks (size, magic code, field
+    /// lengths, body CRC) closes the connection with
+    /// [`ClientError::BadRecord`](crate::ClientError) before any of it is stored, and the
+    /// slave retries only after the local back-off. See [`record_check`](crate::record_check).
+    pub fn verify_records(&self) -> bool {
+        self.verify_records
     }
 
     /// The longest duration any setting may have. Deadlines are `now + setting`; a setting
@@ -254,6 +285,9 @@ impl Config {
         if self.max_gap_not_in_sync == 0 {
             return Err(ConfigError::ZeroGap);
         }
+        if self.verify_records && self.local_segment_size.is_none() {
+            return Err(ConfigError::VerifyNeedsSegmentSize);
+        }
         Ok(self)
     }
 }
@@ -310,6 +344,10 @@ impl ConfigBuilder {
         local_failure_backoff_max: Duration;
         /// See [`Config::rate_limit`].
         rate_limit: Option<NonZeroU64>;
+        /// See [`Config::local_segment_size`].
+        local_segment_size: Option<NonZeroU64>;
+        /// See [`Config::verify_records`].
+        verify_records: bool;
     }
 
     /// Validates and returns the configuration.
@@ -379,6 +417,15 @@ mod tests {
             Config::builder().max_gap_not_in_sync(0).build(),
             Err(ConfigError::ZeroGap)
         );
+        assert_eq!(
+            Config::builder().verify_records(true).build(),
+            Err(ConfigError::VerifyNeedsSegmentSize)
+        );
+        assert!(Config::builder()
+            .verify_records(true)
+            .local_segment_size(NonZeroU64::new(4096))
+            .build()
+            .is_ok());
     }
 
     #[test]

@@ -108,6 +108,7 @@ mod log;
 mod master;
 mod master_loop;
 pub mod record;
+pub mod record_check;
 mod service;
 mod slave_loop;
 mod timer;

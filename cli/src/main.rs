@@ -7,7 +7,9 @@ mod inspect;
 mod logging;
 mod metrics;
 mod policy;
+mod produce;
 mod progress;
+mod records;
 mod seconds;
 mod signals;
 mod size;
@@ -25,7 +27,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{Config, LogSource, StartPosition};
-use rocketmq_ha_transports::file_log::{compare_logs, FileLog, FlushMode, Flusher};
+use rocketmq_ha_transports::file_log::{compare_logs, FileLog, FlushMode, Flusher, StoreFormat};
 use rocketmq_ha_transports::{
     CloseReason, MasterHandle, Running, SharedLog, SlaveHandle, Transport,
 };
@@ -66,6 +68,10 @@ enum Command {
     /// and batch size, sync-replication latency, fan-out, memory per idle connection, CPU per
     /// GiB. Prints a table (or one JSON object with --json).
     Bench(bench::BenchArgs),
+    /// Write generated RocketMQ messages into a store (created in RocketMQ's format if
+    /// missing), to fill or grow a master's store before serving it. The store must not be in
+    /// use (it is locked while open).
+    Produce(produce::ProduceArgs),
     /// Describe a store: its format (ours or RocketMQ's), segments, offsets, what is synced,
     /// and for a RocketMQ-format store the records its recovery walk found and the first bad
     /// one. The store must not be in use (it is locked while open).
@@ -92,6 +98,26 @@ enum TransportArg {
     Tokio,
 }
 
+/// How a new store keeps the log (an existing one is opened in its own format, which must be
+/// this one if given).
+#[derive(Clone, Copy, ValueEnum)]
+enum StoreFormatArg {
+    /// Ours: segment files hold the log bytes and end where the log ends; any bytes.
+    Raw,
+    /// RocketMQ's: full-size segment files of CommitLog records, with RocketMQ's checkpoint,
+    /// lock and abort files; a RocketMQ broker starts on it.
+    Rocketmq,
+}
+
+impl From<StoreFormatArg> for StoreFormat {
+    fn from(arg: StoreFormatArg) -> StoreFormat {
+        match arg {
+            StoreFormatArg::Raw => StoreFormat::Raw,
+            StoreFormatArg::Rocketmq => StoreFormat::RocketMq,
+        }
+    }
+}
+
 impl From<TransportArg> for Transport {
     fn from(arg: TransportArg) -> Transport {
         match arg {
@@ -113,12 +139,19 @@ struct MasterArgs {
     /// Segment (mapped file) size of the store, 4KiB to 64GiB; slaves must use the same.
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     segment_size: SegmentSize,
+    /// Format of a new store (default raw); an existing store must be in this format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    store_format: Option<StoreFormatArg>,
     /// Driver to use.
     #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
-    /// Append generated data at this rate (e.g. 10MiB), to test a growing log.
+    /// Append generated data at this rate (e.g. 10MiB), to test a growing log: RocketMQ
+    /// messages of --message-size bodies in a RocketMQ-format store, random bytes in a raw one.
     #[arg(long, value_name = "BYTES_PER_SEC")]
     append_rate: Option<Size>,
+    /// Body size of the messages --append-rate writes into a RocketMQ-format store.
+    #[arg(long, value_name = "SIZE", default_value = "1KiB")]
+    message_size: Size,
     /// Most log bytes per transfer frame (RocketMQ's haTransferBatchSize, 32 KiB in RocketMQ;
     /// a Java slave accepts up to 4194292, so the larger default suits it as well).
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
@@ -190,9 +223,20 @@ struct SlaveArgs {
     #[arg(long, value_name = "DIR")]
     store: PathBuf,
     /// Segment (mapped file) size of the store, 4KiB to 64GiB; must equal the master's (an
-    /// existing store of another size is refused).
+    /// existing store of another size is refused, and a master whose frames show another size
+    /// is refused as soon as they do).
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     segment_size: SegmentSize,
+    /// Format of a new store (default raw); an existing store must be in this format. With
+    /// rocketmq, a RocketMQ broker can start on the store (give it the same
+    /// mappedFileSizeCommitLog).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    store_format: Option<StoreFormatArg>,
+    /// Check every record the master sends (RocketMQ's recovery checks: sizes, magic code,
+    /// field lengths, body CRC) before storing it; a record that fails is not stored and the
+    /// slave retries after a back-off. The master's log must be RocketMQ messages.
+    #[arg(long)]
+    verify: bool,
     /// Driver to use.
     #[arg(long, value_enum, default_value_t)]
     transport: TransportArg,
@@ -229,6 +273,10 @@ struct DemoArgs {
     /// Most log bytes per transfer frame.
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     batch_size: Size,
+    /// Replicate RocketMQ messages (1 KiB bodies) between RocketMQ-format stores instead of
+    /// random bytes between raw ones, the slave checking each record as it arrives.
+    #[arg(long)]
+    records: bool,
     /// Keep the temporary stores (their path is printed) instead of deleting them.
     #[arg(long)]
     keep: bool,
@@ -261,6 +309,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Echo { connect } => bench::echo(connect),
         Command::Inspect(args) => inspect::inspect(args),
+        Command::Produce(args) => produce::produce(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -322,9 +371,16 @@ fn config_with(
         .context("invalid settings")
 }
 
-fn open_store(path: &Path, segment_size: SegmentSize) -> Result<FileLog, Failure> {
-    let log = FileLog::open_or_create(path, segment_size.0)
-        .context(format_args!("opening store {}", path.display()))?;
+fn open_store(
+    path: &Path,
+    segment_size: SegmentSize,
+    format: Option<StoreFormatArg>,
+) -> Result<FileLog, Failure> {
+    let log = match format {
+        Some(format) => FileLog::open_or_create_in(path, segment_size.0, format.into()),
+        None => FileLog::open_or_create(path, segment_size.0),
+    }
+    .context(format_args!("opening store {}", path.display()))?;
     // Which format was found decides where the log ends (file lengths, or the last record):
     // say so, with what the record walk found.
     match log.record_walk() {
@@ -384,7 +440,8 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         args.first_batch_size,
         start,
     )?;
-    let log = open_store(&args.store, args.segment_size)?;
+    let log = open_store(&args.store, args.segment_size, args.store_format)?;
+    let mut payload = Payload::for_store(&log, args.message_size);
     eprintln!(
         "store {}: offsets {}..{} ({})",
         args.store.display(),
@@ -431,7 +488,6 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     }
     let interval = args.status_interval.0.max(Duration::from_millis(100));
     let started = Instant::now();
-    let mut generator = Generator::new(started.elapsed().as_nanos() as u64);
     let mut appended = 0u64;
     let mut next_status = started + interval;
     let mut status = MasterStatus::new(args.status);
@@ -439,8 +495,8 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         if let Some(rate) = args.append_rate {
             let due = (rate.0 as f64 * started.elapsed().as_secs_f64()) as u64;
             while appended < due && !master.is_shut_down() {
-                let n = (due - appended).min(1 << 20);
-                let data = generator.bytes(n);
+                let data = payload.bytes((due - appended).min(1 << 20))?;
+                let n = data.len() as u64;
                 match policy {
                     None => {
                         master.append(data).context("appending")?;
@@ -527,23 +583,32 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
         .context(format_args!("resolving {master}"))?
         .next()
         .ok_or_else(|| Failure(format!("{master} resolves to no address")))?;
+    // The slave refuses frames that show the master's segment size is another (they would
+    // give the store another layout than the master's).
     let slave_config = conf
         .apply(Config::builder())?
+        .local_segment_size(std::num::NonZeroU64::new(args.segment_size.0))
+        .verify_records(args.verify)
         .build()
         .context("invalid settings")?;
-    let mut log = open_store(&args.store, args.segment_size)?;
+    let mut log = open_store(&args.store, args.segment_size, args.store_format)?;
     if args.flush_before_ack {
         log.set_flush_mode(FlushMode::EveryAppend)
             .context("syncing the store")?;
     }
     let transport = Transport::from(args.transport);
     eprintln!(
-        "store {}: ends at {}, synced up to {}; replicating from {addr} ({transport} transport{})",
+        "store {}: ends at {}, synced up to {}; replicating from {addr} ({transport} transport{}{})",
         args.store.display(),
         log.max_offset(),
         log.synced_offset(),
         if args.flush_before_ack {
             ", acking only what is on disk"
+        } else {
+            ""
+        },
+        if args.verify {
+            ", checking every record"
         } else {
             ""
         }
@@ -630,44 +695,34 @@ fn follow(
     let mut next_json = Instant::now();
     let mut progress = Progress::new(label, until);
     let mut rate = Rate::new(Duration::from_secs(3), slave.log().max_offset());
-    let segment_size = slave.log().read().segment_size();
-    // An empty store takes its start from the master's first frame, which is always at the
-    // start of one of the master's segments (README, "Behaviour we choose").
-    let mut check_start = slave.log().read().min_offset() == slave.log().max_offset();
     loop {
         let tick = Instant::now() + Duration::from_millis(200);
         let reached =
             slave.wait_until_blocking(tick, |s| until.is_some_and(|u| s.log().max_offset() >= u));
-        // The library logged each error with its reason; here they are only counted.
-        let errors: Vec<(String, &'static str)> = slave
-            .take_errors()
-            .iter()
-            .map(|e| {
-                let reason = CloseReason::classify(Some(e), false);
-                if let Some(metrics) = watch.metrics {
-                    metrics.closed(reason);
-                }
-                (e.to_string(), reason.label())
-            })
-            .collect();
+        // The library logged each error with its reason; here they are counted, and one that
+        // retrying cannot cure ends the slave.
+        let mut errors: Vec<(String, &'static str)> = Vec::new();
+        for error in slave.take_errors() {
+            if let rocketmq_ha_transports::Error::Client(
+                e @ rocketmq_ha::ClientError::SegmentSizeMismatch { .. },
+            ) = &error
+            {
+                // Retrying cannot help: the two sides must be configured alike.
+                progress.finish();
+                return Err(Failure(format!(
+                    "{e}. Give --segment-size (mappedFileSizeCommitLog) the master's value"
+                )));
+            }
+            let reason = CloseReason::classify(Some(&error), false);
+            if let Some(metrics) = watch.metrics {
+                metrics.closed(reason);
+            }
+            errors.push((error.to_string(), reason.label()));
+        }
         if let Some(json) = &mut watch.json {
             json.changes(slave, &errors);
         }
-        let (min, max) = {
-            let log = slave.log().read();
-            (log.min_offset(), log.max_offset())
-        };
-        if check_start && max > min {
-            check_start = false;
-            if min % segment_size != 0 {
-                progress.message(&format!(
-                    "warning: the master's first byte for this store is at offset {min}, which is \
-                     not on a boundary of --segment-size {segment_size}: the master most likely \
-                     uses another segment size. Replication stays byte-exact, but the two stores' \
-                     files do not line up (see the README)"
-                ));
-            }
-        }
+        let max = slave.log().max_offset();
         let status = slave.status();
         // The reasons were printed as they happened; the state says which one still holds.
         let state = if status.connected {
@@ -734,17 +789,22 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
             ))
         })
     };
-    let mut log = FileLog::create(&master_store, args.segment_size.0)
+    let format = if args.records {
+        StoreFormat::RocketMq
+    } else {
+        StoreFormat::Raw
+    };
+    let mut log = FileLog::create_in(&master_store, args.segment_size.0, format)
         .context(format_args!("creating {}", master_store.display()))?;
-    let mut generator = Generator::new(0x5EED);
+    let mut payload = Payload::for_store(&log, Size(1024));
     let mut progress = Progress::new("generate", Some(total));
     let mut rate = Rate::new(Duration::from_secs(3), 0);
     while log.max_offset() < total {
         if let Some(stopped) = interrupted(&mut progress) {
             return Err(stopped);
         }
-        let n = (total - log.max_offset()).min(4 << 20);
-        log.append_at_end(&generator.bytes(n))
+        let data = payload.bytes((total - log.max_offset()).min(4 << 20))?;
+        log.append_at_end(&data)
             .context("writing the master store")?;
         progress.show(log.max_offset(), rate.sample(log.max_offset()), "");
     }
@@ -764,9 +824,16 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     let addr = server
         .local_addr()
         .ok_or_else(|| Failure("the master has no address".into()))?;
-    let slave_log = FileLog::create(&slave_store, args.segment_size.0)
+    let total = master.log().max_offset();
+    let slave_log = FileLog::create_in(&slave_store, args.segment_size.0, format)
         .context(format_args!("creating {}", slave_store.display()))?;
-    let slave = SlaveHandle::new(addr, slave_log, config);
+    let slave_config = config
+        .to_builder()
+        .local_segment_size(std::num::NonZeroU64::new(args.segment_size.0))
+        .verify_records(args.records)
+        .build()
+        .context("invalid settings")?;
+    let slave = SlaveHandle::new(addr, slave_log, slave_config);
     eprintln!(
         "replicating {} from a master on {addr} to a slave ({transport} transport, {} segments)",
         Human(total),
@@ -795,9 +862,16 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
         )));
     }
     println!(
-        "verified: {} in {} segment files, byte-identical on master and slave",
+        "verified: {} in {} segment files, byte-identical on master and slave{}",
         Human(total),
-        ours.segment_starts().len()
+        ours.segment_starts().len(),
+        match &payload {
+            Payload::Records(records) => format!(
+                "; {} RocketMQ messages, each checked by the slave as it arrived",
+                records.count()
+            ),
+            Payload::Raw(_) => String::new(),
+        }
     );
     println!(
         "replicated {} in {elapsed:.2} s: {:.1} MB/s ({transport} transport)",
@@ -830,6 +904,39 @@ impl Drop for TempDir {
             eprintln!("kept the stores in {}", self.0.display());
         } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
             eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// What generated appends hold: RocketMQ messages in a RocketMQ-format store, random bytes in
+/// a raw one.
+enum Payload {
+    Raw(Generator),
+    Records(records::Records),
+}
+
+impl Payload {
+    /// Appends for `log`, continuing at its end; messages get `message_size`-byte bodies.
+    fn for_store(log: &FileLog, message_size: Size) -> Payload {
+        match log.mode() {
+            StoreFormat::RocketMq => Payload::Records(records::Records::new(
+                log.segment_size(),
+                log.max_offset(),
+                message_size.0 as usize,
+            )),
+            StoreFormat::Raw => Payload::Raw(Generator::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0x5EED, |d| d.as_nanos() as u64),
+            )),
+        }
+    }
+
+    /// About `len` bytes to append (whole records, so perhaps a little more).
+    fn bytes(&mut self, len: u64) -> Result<Bytes, Failure> {
+        match self {
+            Payload::Raw(generator) => Ok(generator.bytes(len)),
+            Payload::Records(records) => records.bytes(len).map_err(Failure),
         }
     }
 }

@@ -20,6 +20,7 @@
 pub mod client_stream;
 pub mod input;
 pub mod master_stream;
+pub mod record_check;
 pub mod record_walk;
 pub mod sim_schedule;
 pub mod waiters;
@@ -27,6 +28,7 @@ pub mod wire_decode;
 
 pub use client_stream::client_stream;
 pub use master_stream::master_stream;
+pub use record_check::record_check;
 pub use record_walk::record_walk;
 pub use sim_schedule::sim_schedule;
 pub use waiters::waiters;
@@ -39,6 +41,7 @@ pub type Harness = fn(&[u8]);
 pub const TARGETS: &[(&str, Harness)] = &[
     ("client_stream", client_stream),
     ("master_stream", master_stream),
+    ("record_check", record_check),
     ("record_walk", record_walk),
     ("sim_schedule", sim_schedule),
     ("waiters", waiters),

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rocketmq_ha::{Config, LogError, LogSource, StartPosition};
-use rocketmq_ha_transports::file_log::{FileLog, FileLogReader};
+use rocketmq_ha_transports::file_log::{FileLog, FileLogReader, StoreFormat};
 use rocketmq_ha_transports::{Running, SlaveHandle, Transport};
 
 use crate::size::{Human, SegmentSize, Size};
@@ -101,6 +101,11 @@ pub struct BenchArgs {
     /// medians.
     #[arg(long, value_name = "N", default_value_t = 1)]
     runs: usize,
+    /// Replicate RocketMQ messages (1 KiB bodies) instead of random bytes in the throughput
+    /// test, its slaves checking every record as it arrives (`slave --verify`): the check's
+    /// cost, against a run without this flag.
+    #[arg(long)]
+    records: bool,
     /// Messages per size in the sync-latency test.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     messages: usize,
@@ -199,7 +204,12 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             Human(total),
             machine.load
         ));
-        Some(generate(&dir.0.join("master"), total, segment)?)
+        Some(generate(
+            &dir.0.join("master"),
+            total,
+            segment,
+            args.records,
+        )?)
     } else {
         None
     };
@@ -232,6 +242,16 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             for &transport in &transports {
                 slot += 1;
                 let reader = reader.as_ref().expect("generated for throughput");
+                let config = if args.records {
+                    config
+                        .to_builder()
+                        .local_segment_size(std::num::NonZeroU64::new(segment))
+                        .verify_records(true)
+                        .build()
+                        .context("invalid settings")?
+                } else {
+                    config
+                };
                 let sample = replicate(transport, config, reader, total, &dir.0, slot)?;
                 note(format_args!(
                     "  {transport}, batch {}: {:.0} MB/s, first byte {:.0} us after connecting",
@@ -375,13 +395,26 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn generate(path: &Path, total: u64, segment: u64) -> Result<FileLog, Failure> {
-    let mut log =
-        FileLog::create(path, segment).context(format_args!("creating {}", path.display()))?;
+/// The master's store: `total` bytes of random data, or with `records` of RocketMQ messages
+/// in a RocketMQ-format store.
+fn generate(path: &Path, total: u64, segment: u64, records: bool) -> Result<FileLog, Failure> {
+    let format = if records {
+        StoreFormat::RocketMq
+    } else {
+        StoreFormat::Raw
+    };
+    let mut log = FileLog::create_in(path, segment, format)
+        .context(format_args!("creating {}", path.display()))?;
     let mut generator = Generator::new(0xBE7C);
+    let mut messages = crate::records::Records::new(segment, 0, 1024);
     while log.max_offset() < total {
         let n = (total - log.max_offset()).min(4 << 20);
-        log.append_at_end(&generator.bytes(n))
+        let data = if records {
+            messages.bytes(n).map_err(Failure)?
+        } else {
+            generator.bytes(n)
+        };
+        log.append_at_end(&data)
             .context("writing the master store")?;
     }
     Ok(log)
