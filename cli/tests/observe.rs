@@ -89,6 +89,20 @@ impl Captured {
         }
     }
 
+    /// Waits until the text contains `needle` (the reader thread may lag behind the process,
+    /// even after it exited), and returns the text.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.text();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} in:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn metrics_addr(&self) -> SocketAddr {
         let url = self.word_after("metrics on http://");
         url.trim_end_matches("/metrics")
@@ -286,7 +300,7 @@ fn metrics_move_with_replication_and_sigterm_stops_master_and_slave_cleanly() {
         assert!(Instant::now() < deadline, "no close counted:\n{m}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let log = master_err.text();
+    let log = master_err.wait_for("slave connection");
     let close = log
         .lines()
         .find(|l| l.contains("slave connection"))
@@ -332,9 +346,8 @@ fn sigterm_fails_a_pending_sync_wait_at_once_and_exits_0() {
     assert_eq!(wait_exit(&mut master.0), Some(0), "{}", err.text());
     let took = signalled.elapsed();
     assert!(took < Duration::from_millis(2000), "took {took:?}");
-    let text = err.text();
-    assert!(text.contains("the master is stopping"), "{text}");
-    assert!(text.contains("store synced up to offset"), "{text}");
+    err.wait_for("the master is stopping");
+    err.wait_for("store synced up to offset");
     // The lock is released: the store opens.
     let log = FileLog::open(store.path(), 1 << 20).unwrap();
     assert_eq!(log.synced_offset(), log.max_offset());
@@ -372,8 +385,7 @@ fn sigint_on_the_demo_removes_its_stores() {
     }
     signal(&demo.0, "INT");
     assert_eq!(wait_exit(&mut demo.0), Some(1), "{}", err.text());
-    let text = err.text();
-    assert!(text.contains("stopped by SIGINT"), "{text}");
+    err.wait_for("stopped by SIGINT");
     let left: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().flatten().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
