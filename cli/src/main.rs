@@ -84,6 +84,14 @@ enum Command {
         #[arg(long)]
         connect: SocketAddr,
     },
+    /// The link benchmark's TCP reference partner (internal): reads until EOF, answers the
+    /// byte count.
+    #[command(hide = true)]
+    Sink {
+        /// The benchmark's address.
+        #[arg(long)]
+        connect: SocketAddr,
+    },
 }
 
 /// Which driver moves the bytes.
@@ -308,6 +316,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo(args),
         Command::Bench(args) => bench::bench(args),
         Command::Echo { connect } => bench::echo(connect),
+        Command::Sink { connect } => bench::sink(connect),
         Command::Inspect(args) => inspect::inspect(args),
         Command::Produce(args) => produce::produce(args),
     };

@@ -698,3 +698,60 @@ fn demo_replicates_rocketmq_messages_checking_each_on_arrival() {
         "{stdout}"
     );
 }
+
+/// `bench --link`: across two network namespaces and a rate-limited veth pair, replication and
+/// a TCP stream stay within the link's rate, sync latency sits beside a ping-pong over the same
+/// link, and the namespaces are gone afterwards. Root only; elsewhere the refusal says why.
+#[test]
+fn bench_link_measures_across_a_rate_limited_veth_pair() {
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "--link",
+        "500mbit",
+        "--bytes",
+        "16MiB",
+        "--messages",
+        "50",
+        "--message-sizes",
+        "1KiB",
+        "--transport",
+        "smol",
+    ]);
+    // SAFETY: `geteuid` has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(!ok && stderr.contains("needs root"), "{stderr}");
+        return;
+    }
+    if !ok && stderr.contains("ip netns add") {
+        // A container without the right to make namespaces: nothing to measure here.
+        eprintln!("skipped: {stderr}");
+        return;
+    }
+    assert!(ok, "{stdout}\n{stderr}");
+    let share = |label: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} row in {stdout}"));
+        let percent = line
+            .split_whitespace()
+            .find(|w| w.ends_with('%'))
+            .expect("a share of the link");
+        percent.trim_end_matches('%').parse().expect("a number")
+    };
+    // The shaping holds: neither gets more than tbf lets through (plus its burst). How much
+    // of the link they get is a figure for the benchmark's reader, not a test's assertion.
+    for label in ["plain TCP stream", "replication"] {
+        let share = share(label);
+        assert!(
+            share > 0.0 && share <= 110.0,
+            "{label}: {share}% of the link\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("ping p50 us"), "{stdout}");
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&leftover.stdout).contains("rmqha-"),
+        "the namespaces are removed"
+    );
+}

@@ -34,6 +34,7 @@ mod fanout;
 mod flow;
 mod json;
 mod latency;
+mod link;
 mod loopback;
 mod memory;
 mod pingpong;
@@ -57,6 +58,7 @@ use fanout::{fanout, Fanout};
 use flow::flow;
 pub use json::Json;
 use latency::sync_latency;
+pub use link::sink;
 use loopback::loopback;
 use memory::idle_memory;
 pub use pingpong::echo;
@@ -150,6 +152,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Instead of loopback, measure across a link of this rate (e.g. 1gbit, 10gbit): two
+    /// network namespaces joined by a veth pair, `tc tbf` limiting each way (root only). Runs
+    /// a plain TCP stream, replication (the first --transport and --batch-size), ping-pong and
+    /// sync latency across it; the other parts are skipped.
+    #[arg(long, value_name = "RATE")]
+    link: Option<link::LinkRate>,
 }
 
 /// The parts of the benchmark.
@@ -177,6 +185,18 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let dir = TempDir::new("bench", false)?;
     let total = args.bytes.0.max(1);
     let segment = args.segment_size.0;
+    if let Some(rate) = args.link {
+        return link::run(link::LinkArgs {
+            rate,
+            transport: transports[0],
+            batch: args.batch_size[0],
+            total,
+            segment,
+            messages: args.messages.max(1),
+            sizes: &args.message_sizes,
+            dir: &dir,
+        });
+    }
     let configs = args
         .batch_size
         .iter()
@@ -283,7 +303,11 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let mut ping_pongs = Vec::new();
     if part(Part::Latency) {
         note(format_args!("ping-pong reference"));
-        ping_pongs = ping_pong(&args.message_sizes, args.messages.max(1))?;
+        ping_pongs = ping_pong(
+            &args.message_sizes,
+            args.messages.max(1),
+            &Peers::loopback(),
+        )?;
         for &transport in &transports {
             note(format_args!("sync latency, {transport}"));
             latencies.extend(sync_latency(
@@ -293,6 +317,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
                 args.messages.max(1),
                 segment,
                 &dir.0,
+                &Peers::loopback(),
             )?);
         }
     }
@@ -452,6 +477,41 @@ impl LogSource for Prefix {
 
 fn loopback_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Where a benchmark's child processes run and what the benchmark binds to reach them: this
+/// network namespace over loopback (the default), or the far end of a link (`--link`).
+#[derive(Clone, Debug)]
+pub(super) struct Peers {
+    bind: std::net::IpAddr,
+    netns: Option<String>,
+}
+
+impl Peers {
+    pub(super) fn loopback() -> Peers {
+        Peers {
+            bind: loopback_addr().ip(),
+            netns: None,
+        }
+    }
+
+    /// Listeners bind here (any port).
+    pub(super) fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, 0)
+    }
+
+    /// A command running this program where the peers run.
+    pub(super) fn command(&self) -> Result<std::process::Command, Failure> {
+        let exe = std::env::current_exe().context("finding this program")?;
+        Ok(match &self.netns {
+            None => std::process::Command::new(exe),
+            Some(ns) => {
+                let mut command = std::process::Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(exe);
+                command
+            }
+        })
+    }
 }
 
 /// Polls `done` every millisecond until it holds; fails after [`PHASE_LIMIT`] or when a driver
