@@ -1,5 +1,6 @@
 //! The program's log: `tracing` events from the library and the program, one line each on
-//! stderr with a UTC timestamp, the level and the connection's span (`slave{peer=.. id=..}`).
+//! stderr with a UTC timestamp, the level and the connection's span (`serving{peer=.. id=..}` on
+//! the master, `replicating{master=.. connection=..}` on the slave).
 //!
 //! The level is `info` unless `-v` (debug; `-vv` trace) or `-q` (warn; `-qq` error) says
 //! otherwise; without either flag, `RUST_LOG` (an `EnvFilter`, e.g.

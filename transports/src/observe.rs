@@ -2,9 +2,9 @@
 //! (published from the connection loop's [`Traffic`] without a lock), and the `tracing` events
 //! of each connection.
 //!
-//! Every connection gets a span (`slave{peer, id}` on the master, `master{addr, connection}`
-//! on the slave) that is the explicit parent of its events, so the events carry it on every
-//! driver, threads and tasks alike, without the drivers entering it. Levels: connects, the
+//! Every connection gets a span (`serving{peer, id}` on the master, `replicating{master,
+//! connection}` on the slave) that is the explicit parent of its events, so the events carry it
+//! on every driver, threads and tasks alike, without the drivers entering it. Levels: connects, the
 //! start offset and normal closes at `info`; closes for an error at `warn`; frames and acks at
 //! `trace`.
 

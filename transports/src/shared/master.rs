@@ -403,7 +403,7 @@ impl<L> MasterHandle<L> {
             id
         };
         self.inner.changed.notify(usize::MAX);
-        let span = tracing::info_span!("slave", peer = %peer, id = id.get());
+        let span = tracing::info_span!("serving", peer = %peer, id = id.get());
         tracing::info!(parent: &span, "slave connected");
         Some(ConnectionGuard {
             master: self.clone(),
@@ -595,16 +595,24 @@ impl<L> Drop for ConnectionGuard<L> {
         let reason = CloseReason::classify(error.as_ref(), self.master.is_shut_down());
         let traffic = self.traffic.load();
         let (sent, received) = (traffic.bytes_out, traffic.bytes_in);
-        match &error {
-            Some(e) if reason.is_error() => {
-                tracing::warn!(parent: &self.span, reason = reason.label(), sent, received, "slave connection closed: {e}")
+        let span = &self.span;
+        let label = reason.label();
+        match (&error, reason) {
+            (_, CloseReason::Shutdown) => {
+                tracing::info!(parent: span, reason = label, sent, received,
+                    "slave connection closed: the master is stopping");
+                // Whatever the socket said after our own stop is no news.
+                if let Some(e) = &error {
+                    tracing::debug!(parent: span, "{e}");
+                }
             }
-            Some(e) => {
-                tracing::info!(parent: &self.span, reason = reason.label(), sent, received, "slave connection {reason} ({e})")
-            }
-            None => {
-                tracing::info!(parent: &self.span, reason = reason.label(), sent, received, "slave connection {reason}")
-            }
+            (Some(e), _) if reason.is_error() => tracing::warn!(parent: span, reason = label,
+                sent, received, "slave connection closed: {e}"),
+            // A slave's exit may reach us as a broken pipe or a reset: say so, at info.
+            (Some(e), _) => tracing::info!(parent: span, reason = label, sent, received,
+                "slave connection {reason} ({e})"),
+            (None, _) => tracing::info!(parent: span, reason = label, sent, received,
+                "slave connection {reason}"),
         }
         {
             let mut state = lock(&self.master.inner.state);

@@ -209,7 +209,7 @@ pub(crate) struct SlaveDriver<L> {
 impl<L: LogSink> SlaveDriver<L> {
     pub(crate) fn new(handle: SlaveHandle<L>) -> Self {
         let lp = SlaveLoop::new(handle.inner.config, handle.inner.seed, Instant::now());
-        let span = tracing::info_span!("master", addr = %handle.inner.master);
+        let span = tracing::info_span!("replicating", master = %handle.inner.master);
         SlaveDriver {
             handle,
             lp,
@@ -270,7 +270,8 @@ impl<L: LogSink> SlaveDriver<L> {
         self.failed_dials = 0;
         let max = self.handle.inner.log.max_offset();
         let connection = lock(&self.handle.inner.state).status.connections + 1;
-        self.span = tracing::info_span!("master", addr = %self.handle.inner.master, connection);
+        self.span =
+            tracing::info_span!("replicating", master = %self.handle.inner.master, connection);
         tracing::info!(parent: &self.span, "connected; reporting offset {max}");
         self.lp.handle_connected(Instant::now(), max);
         self.sync_status(None);
@@ -401,7 +402,11 @@ impl<L: LogSink> SlaveDriver<L> {
             if let Some(error) = error {
                 let reason =
                     CloseReason::classify(Some(&error), status.state == ConnectionState::Shutdown);
-                if reason.is_error() && self.failed_dials > 1 {
+                if reason == CloseReason::Shutdown {
+                    // Whatever the socket said after our own stop is no news.
+                    tracing::info!(parent: &self.span, "connection closed: the slave is stopping");
+                    tracing::debug!(parent: &self.span, "{error}");
+                } else if reason.is_error() && self.failed_dials > 1 {
                     tracing::debug!(
                         parent: &self.span,
                         reason = reason.label(),
