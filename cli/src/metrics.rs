@@ -93,6 +93,15 @@ impl TrafficMetrics {
     }
 }
 
+/// The `result` labels of `rocketmq_ha_sync_waits_total`.
+const SYNC_OUTCOMES: [&str; 5] = [
+    "ok",
+    "timeout",
+    "shutdown",
+    "slave_not_available",
+    "not_enough_in_sync",
+];
+
 /// The master's metrics.
 pub struct MasterMetrics {
     registry: Registry,
@@ -190,17 +199,21 @@ impl MasterMetrics {
         for reason in CloseReason::ALL {
             drop(m.closes.get_or_create(&label("reason", reason.label())));
         }
+        // Every series from the start, so that rates and alerts work before the first event.
+        for outcome in SYNC_OUTCOMES {
+            drop(m.sync_waits.get_or_create(&label("result", outcome)));
+        }
         MasterMetrics { registry, ..m }
     }
 
     /// Records one synchronous append's outcome and how long it waited.
     pub fn observe_sync(&self, result: &Result<(), SyncError>, waited: Duration) {
         let outcome = match result {
-            Ok(()) => "ok",
-            Err(SyncError::Timeout) => "timeout",
-            Err(SyncError::Shutdown) => "shutdown",
-            Err(SyncError::SlaveNotAvailable) => "slave_not_available",
-            Err(SyncError::NotEnoughInSync { .. }) => "not_enough_in_sync",
+            Ok(()) => SYNC_OUTCOMES[0],
+            Err(SyncError::Timeout) => SYNC_OUTCOMES[1],
+            Err(SyncError::Shutdown) => SYNC_OUTCOMES[2],
+            Err(SyncError::SlaveNotAvailable) => SYNC_OUTCOMES[3],
+            Err(SyncError::NotEnoughInSync { .. }) => SYNC_OUTCOMES[4],
             Err(_) => "other",
         };
         self.sync_waits
@@ -394,4 +407,72 @@ fn answer(stream: TcpStream, render: &impl Fn() -> String) -> io::Result<()> {
         body.len()
     )?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use std::time::{Duration, Instant};
+
+    use rocketmq_ha::{Config, MemoryLog};
+    use rocketmq_ha_transports::{MasterHandle, SlaveHandle, Transport};
+
+    use super::{MasterMetrics, SlaveMetrics};
+
+    /// The metric names `docs/operations.md` lists in its table for one side (the rows after
+    /// `heading`, up to the next blank-line paragraph that is no table).
+    fn documented(heading: &str) -> BTreeSet<String> {
+        let docs = include_str!("../../docs/operations.md");
+        let table = docs.split(heading).nth(1).expect("the heading");
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter(|l| l.starts_with("| `rocketmq_ha_"))
+            .flat_map(|l| {
+                let first = l.split(" | ").next().unwrap_or("");
+                first
+                    .split('`')
+                    .filter(|part| part.starts_with("rocketmq_ha_"))
+                    .map(|name| name.split('{').next().unwrap_or(name).to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The metric names in a scrape (`# TYPE` lines).
+    fn exported(text: &str) -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        // A slave connected and reporting, so that the per-slave series exist too.
+        let config = Config::default();
+        let master = MasterHandle::new(MemoryLog::new(1 << 20), config);
+        let server = Transport::Blocking
+            .spawn_master("127.0.0.1:0".parse().unwrap(), master.clone())
+            .unwrap();
+        let slave = SlaveHandle::new(
+            server.local_addr().unwrap(),
+            MemoryLog::new(1 << 20),
+            config,
+        );
+        let client = Transport::Blocking.spawn_slave(slave.clone()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        assert!(
+            master.wait_until_blocking(deadline, |m| m.slaves().iter().any(|s| s.acked.is_some()))
+        );
+        let text = MasterMetrics::new().render(&master);
+        assert_eq!(exported(&text), documented("\nMaster:\n"), "{text}");
+        let text = SlaveMetrics::new().render(&slave);
+        assert_eq!(exported(&text), documented("\nSlave:\n"), "{text}");
+        client.shutdown().unwrap();
+        server.shutdown().unwrap();
+    }
 }
