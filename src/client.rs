@@ -146,6 +146,8 @@ pub struct HaClient {
     had_frame: bool,
     /// Connections in a row that the master closed after our report without any frame.
     rejections: u32,
+    /// Whole frames received, heartbeats included, over every connection.
+    frames_received: u64,
     /// The record check, with [`Config::verify_records`].
     records: Option<RecordCheck>,
 }
@@ -183,6 +185,7 @@ impl HaClient {
             leftover: 0,
             had_frame: false,
             rejections: 0,
+            frames_received: 0,
             records: config
                 .verify_records()
                 .then(|| config.local_segment_size())
@@ -194,6 +197,11 @@ impl HaClient {
     }
 
     // --- getters ---
+
+    /// Whole frames received so far, heartbeats included, over every connection.
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received
+    }
 
     /// Whether a connection to the master is up.
     pub fn is_connected(&self) -> bool {
@@ -386,6 +394,7 @@ impl HaClient {
             // A valid frame is network progress: the next network failure starts its back-off
             // afresh. (Local failures have their own back-off, reset only by a stored append.)
             self.backoff.reset();
+            self.frames_received += 1;
             self.had_frame = true;
             self.rejections = 0;
             if !frame.body.is_empty() {

@@ -114,6 +114,7 @@ pub mod record_check;
 mod service;
 mod slave_loop;
 mod timer;
+mod traffic;
 pub mod wire;
 
 #[doc = include_str!("../docs/protocol.md")]
@@ -130,3 +131,4 @@ pub use master::{MasterConnection, MasterEvent, Transmit};
 pub use master_loop::MasterLoop;
 pub use service::{ConnectionId, MasterService, SyncCompletion, Ticket};
 pub use slave_loop::{PendingReport, SlaveLoop};
+pub use traffic::Traffic;

@@ -6,6 +6,8 @@ mod bench;
 mod broker_conf;
 mod inspect;
 mod listen;
+mod logging;
+mod metrics;
 mod policy;
 mod produce;
 mod progress;
@@ -13,8 +15,8 @@ mod records;
 mod seconds;
 mod signals;
 mod size;
+mod status;
 
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -26,15 +28,18 @@ use bytes::Bytes;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use rocketmq_ha::flow::RateLimit;
-use rocketmq_ha::{Config, ConnectionId, LogSource, StartPosition};
+use rocketmq_ha::{Config, LogSource, StartPosition};
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog, FlushMode, Flusher, StoreFormat};
-use rocketmq_ha_transports::{MasterHandle, Running, SharedLog, SlaveHandle, Transport};
+use rocketmq_ha_transports::{
+    CloseReason, MasterHandle, Running, SharedLog, SlaveHandle, Transport,
+};
 
 use broker_conf::BrokerConf;
 use policy::Policy;
 use progress::{Progress, Rate};
 use seconds::Seconds;
 use size::{mb_per_s, Human, SegmentSize, Size};
+use status::{MasterStatus, StatusFormat, SyncCounts};
 
 /// Apache RocketMQ master/slave commit log replication (HA), wire-compatible with RocketMQ's
 /// classic HA protocol (4.x, and 5.x outside controller mode).
@@ -43,6 +48,13 @@ use size::{mb_per_s, Human, SegmentSize, Size};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log detail: -v debug, -vv trace (frames and acks). Without -v or -q, RUST_LOG
+    /// (e.g. RUST_LOG=rocketmq_ha_transports=trace) applies when set; the default is info.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less log detail: -q warnings and errors only, -qq errors only.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
 }
 
 #[derive(Subcommand)]
@@ -203,6 +215,14 @@ struct MasterArgs {
     status_interval: Seconds,
     #[command(flatten)]
     access: access::AccessArgs,
+    /// Status output on stdout: one summary line per interval (text), or one JSON object per
+    /// line for scripts (json: a "status" object per interval, "connected", "started" and
+    /// "closed" objects as they happen).
+    #[arg(long, value_enum, default_value_t)]
+    status: StatusFormat,
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9712.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -249,6 +269,13 @@ struct SlaveArgs {
     /// loss.
     #[arg(long)]
     flush_before_ack: bool,
+    /// Progress on stderr (text), or one JSON object per line on stdout for scripts (json: a
+    /// "status" object each second, "connected" and "closed" objects as they happen).
+    #[arg(long, value_enum, default_value_t)]
+    status: StatusFormat,
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9713.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -291,6 +318,7 @@ impl<T, E: Display> Context<T> for Result<T, E> {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    logging::init(cli.verbose, cli.quiet);
     let sub = matches.subcommand().map(|(_, m)| m);
     let given = Given(sub);
     let result = match cli.command {
@@ -497,10 +525,25 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         }));
     }
     let policy = args.sync.then_some(args.sync_policy.0);
-    let (mut synced_ok, mut synced_failed) = (0u64, 0u64);
+    let mut sync = SyncCounts::default();
     // RocketMQ's flush service: the store is made durable every 0.5 s (FlushPolicy::ROCKETMQ).
     let flusher = Flusher::spawn(master.log().clone()).context("starting the flusher")?;
     signals::install();
+    // At once, not at the loop's next turn: a synchronous append blocked in its wait fails
+    // with `Shutdown` now, and no new slave is accepted.
+    let stopping = master.clone();
+    signals::on_stop(move |_| stopping.shutdown());
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let metrics = std::sync::Arc::new(metrics::MasterMetrics::new());
+            let (m, handle) = (metrics.clone(), master.clone());
+            let bound = metrics::serve(addr, move || m.render(&handle))
+                .context(format_args!("serving metrics on {addr}"))?;
+            eprintln!("metrics on http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
     let server = transport
         .spawn_master(listen, master.clone())
         .context(format_args!("listening on {listen}"))?;
@@ -511,11 +554,11 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     let started = Instant::now();
     let mut appended = 0u64;
     let mut next_status = started + interval;
-    let mut rates: HashMap<ConnectionId, Rate> = HashMap::new();
+    let mut status = MasterStatus::new(args.status);
     loop {
         if let Some(rate) = args.append_rate {
             let due = (rate.0 as f64 * started.elapsed().as_secs_f64()) as u64;
-            while appended < due {
+            while appended < due && !master.is_shut_down() {
                 let data = payload.bytes((due - appended).min(1 << 20))?;
                 let n = data.len() as u64;
                 match policy {
@@ -523,14 +566,23 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
                         master.append(data).context("appending")?;
                     }
                     Some(policy) => {
-                        let timeout = config.slave_timeout();
-                        match master.append_replicated_blocking(data, policy, timeout) {
-                            Ok(_) => synced_ok += 1,
-                            Err(rocketmq_ha_transports::Error::Sync(e)) => {
-                                synced_failed += 1;
-                                eprintln!("synchronous append not acknowledged: {e}");
+                        let end = master.append(data).context("appending")?;
+                        let began = Instant::now();
+                        let deadline = began + config.slave_timeout();
+                        let result = master.wait_replicated_blocking(end, policy, deadline);
+                        if let Some(metrics) = &metrics {
+                            metrics.observe_sync(&result, began.elapsed());
+                        }
+                        match result {
+                            Ok(()) => sync.ok += 1,
+                            Err(rocketmq_ha::SyncError::Shutdown) => {
+                                sync.failed += 1;
+                                tracing::info!("synchronous append failed: the master is stopping");
                             }
-                            Err(e) => return Err(e).context("appending"),
+                            Err(e) => {
+                                sync.failed += 1;
+                                tracing::warn!("synchronous append not acknowledged: {e}");
+                            }
                         }
                     }
                 }
@@ -538,20 +590,13 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
             }
         }
         for refused in master.take_refused() {
-            eprintln!("{}", access::describe(&refused));
+            tracing::warn!("{}", access::describe(&refused));
         }
-        for closed in master.take_closed() {
-            match closed.error {
-                Some(e) => eprintln!("slave {} disconnected: {e}", closed.peer),
-                None => eprintln!("slave {} disconnected", closed.peer),
-            }
-        }
+        // The library logged each close with its reason; JSON status repeats them for scripts.
+        status.changes(&master, &master.take_closed());
         if Instant::now() >= next_status {
             next_status += interval;
-            report_slaves(&master, &mut rates, started);
-            if policy.is_some() {
-                println!("  synchronous appends: {synced_ok} acknowledged, {synced_failed} not");
-            }
+            status.report(&master, policy.map(|_| sync));
         }
         if flusher.is_finished() {
             let error = flusher.stop().err();
@@ -562,7 +607,7 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
             }));
         }
         if let Some(signal) = signals::stop_requested() {
-            eprintln!("{signal}: stopping");
+            tracing::info!("{signal}: stopping");
             server.shutdown().context("stopping the master")?;
             break;
         }
@@ -584,34 +629,6 @@ fn stop_and_sync(flusher: Flusher, log: &SharedLog<FileLog>) -> Result<u64, Fail
     flusher.stop().context("flushing the store")?;
     log.update(|log| log.sync().map(|()| log.synced_offset()))
         .context("syncing the store")
-}
-
-fn report_slaves(
-    master: &MasterHandle<FileLog>,
-    rates: &mut HashMap<ConnectionId, Rate>,
-    t0: Instant,
-) {
-    let max = master.log().max_offset();
-    let slaves = master.slaves();
-    rates.retain(|id, _| slaves.iter().any(|s| s.id == *id));
-    println!(
-        "[{:7.1}s] log ends at {max} ({}); {} slave(s)",
-        t0.elapsed().as_secs_f64(),
-        Human(max),
-        slaves.len()
-    );
-    for slave in slaves {
-        let acked = slave.acked.unwrap_or(0);
-        let rate = rates
-            .entry(slave.id)
-            .or_insert_with(|| Rate::new(Duration::from_secs(5), acked))
-            .sample(acked);
-        println!(
-            "  {}  acked {acked}  lag {}  {rate:.1} MB/s",
-            slave.peer,
-            Human(max.saturating_sub(acked))
-        );
-    }
 }
 
 fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
@@ -674,11 +691,27 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
     // With --flush-before-ack every append syncs and the flusher finds nothing to do.
     let flusher = Flusher::spawn(slave.log().clone()).context("starting the flusher")?;
     signals::install();
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let metrics = std::sync::Arc::new(metrics::SlaveMetrics::new());
+            let (m, handle) = (metrics.clone(), slave.clone());
+            let bound = metrics::serve(addr, move || m.render(&handle))
+                .context(format_args!("serving metrics on {addr}"))?;
+            eprintln!("metrics on http://{bound}/metrics");
+            Some(metrics)
+        }
+        None => None,
+    };
     let running = transport
         .spawn_slave(slave.clone())
         .context("starting the slave")?;
     let until = args.until.map(|u| u.0);
-    let outcome = follow(&slave, &running, until, "slave", Some(&flusher));
+    let watch = Watch {
+        flusher: Some(&flusher),
+        json: (args.status == StatusFormat::Json).then(status::SlaveStatusJson::new),
+        metrics: metrics.as_deref(),
+    };
+    let outcome = follow(&slave, &running, until, "slave", watch);
     let stopped = running.shutdown().context("stopping the slave");
     let synced = stop_and_sync(flusher, slave.log());
     // A failed flush is the first thing to report: the flusher's end is only its symptom.
@@ -712,21 +745,37 @@ enum Followed {
     FlusherEnded,
 }
 
+/// What [`follow`] watches besides the slave, and where it reports.
+#[derive(Default)]
+struct Watch<'a> {
+    /// The store's flusher, whose end stops the slave.
+    flusher: Option<&'a Flusher>,
+    /// JSON status on stdout instead of the progress line.
+    json: Option<status::SlaveStatusJson>,
+    /// Counts closes by reason (the handle keeps errors only until taken).
+    metrics: Option<&'a metrics::SlaveMetrics>,
+}
+
 /// Shows progress until the slave's log reaches `until` (forever without it), a signal asks to
-/// stop, or the driver or the `flusher` fails.
+/// stop, or the driver or the watched flusher fails.
 fn follow(
     slave: &SlaveHandle<FileLog>,
     running: &Running,
     until: Option<u64>,
     label: &'static str,
-    flusher: Option<&Flusher>,
+    mut watch: Watch<'_>,
 ) -> Result<Followed, Failure> {
+    let flusher = watch.flusher;
+    let mut next_json = Instant::now();
     let mut progress = Progress::new(label, until);
     let mut rate = Rate::new(Duration::from_secs(3), slave.log().max_offset());
     loop {
         let tick = Instant::now() + Duration::from_millis(200);
         let reached =
             slave.wait_until_blocking(tick, |s| until.is_some_and(|u| s.log().max_offset() >= u));
+        // The library logged each error with its reason; here they are counted, and one that
+        // retrying cannot cure ends the slave.
+        let mut errors: Vec<(String, &'static str)> = Vec::new();
         for error in slave.take_errors() {
             if let rocketmq_ha_transports::Error::Client(
                 e @ rocketmq_ha::ClientError::SegmentSizeMismatch { .. },
@@ -738,7 +787,14 @@ fn follow(
                     "{e}. Give --segment-size (mappedFileSizeCommitLog) the master's value"
                 )));
             }
-            progress.message(&format!("connection to {}: {error}", slave.master()));
+            let reason = CloseReason::classify(Some(&error), false);
+            if let Some(metrics) = watch.metrics {
+                metrics.closed(reason);
+            }
+            errors.push((error.to_string(), reason.label()));
+        }
+        if let Some(json) = &mut watch.json {
+            json.changes(slave, &errors);
         }
         let max = slave.log().max_offset();
         let status = slave.status();
@@ -759,7 +815,15 @@ fn follow(
             Some(u) => format!("lag {}  {state}", Human(u.saturating_sub(max))),
             None => format!("at offset {max}  {state}"),
         };
-        progress.show(max, rate.sample(max), &note);
+        let mb_per_s = rate.sample(max);
+        match &watch.json {
+            Some(json) if Instant::now() >= next_json => {
+                next_json += Duration::from_secs(1);
+                json.report(slave, mb_per_s, &state);
+            }
+            Some(_) => {}
+            None => progress.show(max, mb_per_s, &note),
+        }
         if reached {
             progress.finish();
             return Ok(Followed::Reached);
@@ -786,6 +850,20 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     let (master_store, slave_store) = (dir.0.join("master"), dir.0.join("slave"));
     let total = args.bytes.0;
 
+    // Ctrl-C must not leave gigabytes of temporary stores behind: stop, and let `dir` go.
+    signals::install();
+    let interrupted = |progress: &mut Progress| {
+        signals::stop_requested().map(|signal| {
+            progress.finish();
+            Failure(format!(
+                "stopped by {signal}; {}",
+                match args.keep {
+                    true => "keeping the temporary stores (--keep)",
+                    false => "removing the temporary stores",
+                }
+            ))
+        })
+    };
     let format = if args.records {
         StoreFormat::RocketMq
     } else {
@@ -797,6 +875,9 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     let mut progress = Progress::new("generate", Some(total));
     let mut rate = Rate::new(Duration::from_secs(3), 0);
     while log.max_offset() < total {
+        if let Some(stopped) = interrupted(&mut progress) {
+            return Err(stopped);
+        }
         let data = payload.bytes((total - log.max_offset()).min(4 << 20))?;
         log.append_at_end(&data)
             .context("writing the master store")?;
@@ -837,7 +918,12 @@ fn demo(args: DemoArgs) -> Result<(), Failure> {
     let client = transport
         .spawn_slave(slave.clone())
         .context("starting the slave")?;
-    follow(&slave, &client, Some(total), "replicate", None)?;
+    if let Followed::Stopped(_) =
+        follow(&slave, &client, Some(total), "replicate", Watch::default())?
+    {
+        return Err(interrupted(&mut Progress::new("replicate", None))
+            .unwrap_or_else(|| Failure("stopped".into())));
+    }
     let elapsed = started.elapsed().as_secs_f64();
     client.shutdown().context("stopping the slave")?;
     server.shutdown().context("stopping the master")?;

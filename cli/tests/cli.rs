@@ -638,7 +638,13 @@ fn a_rocketmq_store_is_produced_served_and_replicated_record_by_record() {
     }
     let ours = FileLog::open(master_store.path(), 1 << 20).unwrap();
     let theirs = FileLog::open(slave_store.path(), 1 << 20).unwrap();
-    assert!(theirs.max_offset() >= 4 << 20);
+    // `--until` counts bytes, and frames end anywhere in a record: reopening walks the records
+    // and leaves out a torn last one, so the copy may end up to one record short of 4 MiB.
+    assert!(
+        theirs.max_offset() >= (4 << 20) - 4096,
+        "{}",
+        theirs.max_offset()
+    );
     let walk = theirs.record_walk().expect("RocketMQ format").clone();
     assert_eq!(walk.first_bad, None);
     assert_eq!(walk.end, theirs.max_offset(), "the copy ends at a record");

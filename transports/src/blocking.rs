@@ -195,7 +195,9 @@ fn writer<L: LogSource>(
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                     Ok(written) => {
                         transmit.advance(written);
-                        lock(machine).handle_written(Instant::now(), written)?;
+                        let mut m = lock(machine);
+                        m.handle_written(Instant::now(), written)?;
+                        conn.forward(&mut m);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e.into()),

@@ -31,6 +31,10 @@
 //! * [`SlaveHandle`]: the slave's log, status and errors; a master given by host name
 //!   ([`SlaveHandle::with_host`]) is resolved again before every dial.
 //!
+//! Each connection logs through `tracing` (a span per connection; connects, start offsets and
+//! closes with their [`CloseReason`] at `info` or `warn`, frames at `trace`) and counts its
+//! bytes and frames ([`SlaveInfo::traffic`], [`SlaveStatus::traffic`], [`MasterTotals`]).
+//!
 //! Shutting a handle down closes its sockets, ends its driver, and completes pending sync waits
 //! with [`SyncError::Shutdown`](rocketmq_ha::SyncError::Shutdown). [`Transport`] runs any driver
 //! on a background thread, chosen at run time.
@@ -68,6 +72,7 @@
 pub mod blocking;
 mod error;
 pub mod file_log;
+mod observe;
 mod runtime;
 mod shared;
 pub mod smol;
@@ -76,8 +81,9 @@ pub mod tokio;
 mod transport;
 
 pub use error::Error;
+pub use observe::CloseReason;
 pub use shared::{
-    ClosedConnection, MasterHandle, RefusedConnection, SharedLog, SlaveHandle, SlaveInfo,
-    SlaveStatus,
+    ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SharedLog, SlaveHandle,
+    SlaveInfo, SlaveStatus,
 };
 pub use transport::{Running, Transport, UnknownTransport};
