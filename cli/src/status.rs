@@ -173,6 +173,21 @@ impl MasterStatus {
                 Human(end.saturating_sub(slowest))
             );
         }
+        // RocketMQ's start rule gives an empty slave the start of the master's last segment:
+        // while the log ends exactly there, it has nothing to send, which would otherwise look
+        // like a stuck slave.
+        let segment = master.log().read().segment_size().max(1);
+        let starved = slaves
+            .iter()
+            .filter(|s| s.requested == Some(0) && s.acked == Some(0))
+            .count();
+        if starved > 0 && end > 0 && end.is_multiple_of(segment) {
+            line += &format!(
+                "; {starved} empty slave(s) wait for the log to grow past {end}: an empty slave \
+                 starts at the master's last segment, which holds nothing yet (master \
+                 --from-oldest sends all it keeps)"
+            );
+        }
         if let Some(sync) = sync {
             line += &format!(
                 "; synchronous appends: {} acknowledged, {} not",

@@ -761,3 +761,52 @@ fn bench_link_measures_across_a_rate_limited_veth_pair() {
         "the namespaces are removed"
     );
 }
+
+/// A master whose log ends exactly on a segment boundary has nothing for an empty slave
+/// (RocketMQ's start rule); its status says so instead of showing a stuck slave.
+#[test]
+fn a_master_explains_why_an_empty_slave_gets_nothing_yet() {
+    let master_store = TempStore::new("boundary-master");
+    let slave_store = TempStore::new("boundary-slave");
+    {
+        let mut log = FileLog::create(master_store.path(), 1 << 20).unwrap();
+        log.append_at_end(&vec![1u8; 2 << 20]).unwrap();
+        log.close().unwrap();
+    }
+    let mut master = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "master",
+                "--listen",
+                "127.0.0.1:0",
+                "--status-interval",
+                "0.1",
+            ])
+            .args(["--store", master_store.path(), "--segment-size", "1MiB"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = listening_address(&mut master.0);
+    let _slave = KillOnDrop(
+        Command::new(BIN)
+            .args(["slave", "--master", &addr.to_string()])
+            .args(["--store", slave_store.path(), "--segment-size", "1MiB"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = master.0.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("wait for the log to grow past 2097152") => break true,
+            Some(Ok(_)) if Instant::now() < deadline => {}
+            _ => break false,
+        }
+    };
+    assert!(found, "no explanation in the master's status");
+}
