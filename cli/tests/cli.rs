@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use rocketmq_ha::LogSource;
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog, CHECKPOINT_FILE};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rocketmq-ha");
+mod common;
+
+use common::{KillOnDrop, TempStore, BIN};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(BIN)
@@ -461,40 +463,6 @@ fn listening_address(master: &mut Child) -> SocketAddr {
         assert!(Instant::now() < deadline, "the master never listened");
     }
     panic!("the master exited before listening");
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A directory under the target directory, removed on drop.
-struct TempStore(PathBuf);
-
-impl TempStore {
-    fn new(name: &str) -> TempStore {
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "cli-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        TempStore(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 path")
-    }
-}
-
-impl Drop for TempStore {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]

@@ -4,14 +4,16 @@
 use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStderr, Command, Stdio};
+use std::process::{ChildStderr, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use rocketmq_ha::LogSource;
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rocketmq-ha");
+mod common;
+
+use common::{KillOnDrop, BIN};
 
 /// Runs the program to its end: (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
@@ -46,15 +48,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
