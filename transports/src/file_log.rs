@@ -361,10 +361,8 @@ impl FileLog {
         let root = root.as_ref();
         check_segment_size(segment_size)?;
         let commitlog = root.join(COMMITLOG_DIR);
-        match fs::symlink_metadata(&commitlog) {
-            Ok(_) => return Err(FileLogError::StoreExists { path: commitlog }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(FileLogError::io("stat", commitlog, e)),
+        if has_store(root)? {
+            return Err(FileLogError::StoreExists { path: commitlog });
         }
         fs::create_dir_all(&commitlog).map_err(|e| FileLogError::io("create", &commitlog, e))?;
         let rocketmq = format == StoreFormat::RocketMq;
@@ -390,11 +388,10 @@ impl FileLog {
         segment_size: u64,
     ) -> Result<FileLog, FileLogError> {
         let root = root.as_ref();
-        let commitlog = root.join(COMMITLOG_DIR);
-        match fs::symlink_metadata(&commitlog) {
-            Ok(_) => FileLog::open(root, segment_size),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => FileLog::create(root, segment_size),
-            Err(e) => Err(FileLogError::io("stat", commitlog, e)),
+        if has_store(root)? {
+            FileLog::open(root, segment_size)
+        } else {
+            FileLog::create(root, segment_size)
         }
     }
 
@@ -406,24 +403,18 @@ impl FileLog {
         format: StoreFormat,
     ) -> Result<FileLog, FileLogError> {
         let root = root.as_ref();
-        let commitlog = root.join(COMMITLOG_DIR);
-        match fs::symlink_metadata(&commitlog) {
-            Ok(_) => {
-                let log = FileLog::open(root, segment_size)?;
-                if log.mode() != format {
-                    return Err(FileLogError::FormatMismatch {
-                        root: root.to_path_buf(),
-                        found: log.mode(),
-                        requested: format,
-                    });
-                }
-                Ok(log)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                FileLog::create_in(root, segment_size, format)
-            }
-            Err(e) => Err(FileLogError::io("stat", commitlog, e)),
+        if !has_store(root)? {
+            return FileLog::create_in(root, segment_size, format);
         }
+        let log = FileLog::open(root, segment_size)?;
+        if log.mode() != format {
+            return Err(FileLogError::FormatMismatch {
+                root: root.to_path_buf(),
+                found: log.mode(),
+                requested: format,
+            });
+        }
+        Ok(log)
     }
 
     /// Drops the log as if its process had been killed: no sync. The writes it made are in the
@@ -1438,6 +1429,17 @@ where
         b: range_b,
         first_difference,
     })
+}
+
+/// Whether `root` holds a store: a `commitlog/` entry of any kind (opening says if it is not a
+/// directory).
+fn has_store(root: &Path) -> Result<bool, FileLogError> {
+    let commitlog = root.join(COMMITLOG_DIR);
+    match fs::symlink_metadata(&commitlog) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(FileLogError::io("stat", commitlog, e)),
+    }
 }
 
 fn check_segment_size(segment_size: u64) -> Result<(), FileLogError> {
