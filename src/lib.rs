@@ -98,6 +98,7 @@
 #![warn(missing_docs)]
 
 mod ack_policy;
+pub mod autoswitch;
 mod backoff;
 mod client;
 mod config;

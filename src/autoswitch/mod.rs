@@ -1,0 +1,17 @@
+//! RocketMQ 5's AutoSwitch replication (controller mode, §5), as sans-IO machines beside the
+//! classic ones.
+//!
+//! | RocketMQ | here | role |
+//! |---|---|---|
+//! | frames | [`wire`] | 16-byte handshake, 12-byte reports, 20- and 36-byte master headers (§5.1, §5.2) |
+//! | `EpochFileCache` | [`EpochList`], [`consistent_point`] | epoch history and the truncation decision (§5.6) |
+//!
+//! The wire is RocketMQ 5.1.1's and later's (a 16-byte slave handshake carrying `brokerId`);
+//! 5.0.0 and 5.1.0 spoke incompatible variants (§5.9).
+
+mod epoch;
+mod error;
+pub mod wire;
+
+pub use epoch::{consistent_point, EpochEntry, EpochList};
+pub use error::{ClientError, EpochError, MasterError, RoleError, WireError};
