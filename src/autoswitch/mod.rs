@@ -4,6 +4,7 @@
 //! | RocketMQ | here | role |
 //! |---|---|---|
 //! | frames | [`wire`] | 16-byte handshake, 12-byte reports, 20- and 36-byte master headers (§5.1, §5.2) |
+//! | `AutoSwitchHAService`'s sets | [`SyncStateSet`] | sync-state set, expand and shrink, confirm offset (§5.7) |
 //! | `EpochFileCache` | [`EpochList`], [`consistent_point`] | epoch history and the truncation decision (§5.6) |
 //!
 //! The wire is RocketMQ 5.1.1's and later's (a 16-byte slave handshake carrying `brokerId`);
@@ -11,7 +12,9 @@
 
 mod epoch;
 mod error;
+mod sync_state;
 pub mod wire;
 
 pub use epoch::{consistent_point, EpochEntry, EpochList};
 pub use error::{ClientError, EpochError, MasterError, RoleError, WireError};
+pub use sync_state::{BrokerId, SyncStateSet};
