@@ -4,6 +4,7 @@
 //! | RocketMQ | here | role |
 //! |---|---|---|
 //! | frames | [`wire`] | 16-byte handshake, 12-byte reports, 20- and 36-byte master headers (§5.1, §5.2) |
+//! | `AutoSwitchHAConnection` | [`MasterConnection`] | the master's side of one slave (§5.5) |
 //! | `AutoSwitchHAService`'s sets | [`SyncStateSet`] | sync-state set, expand and shrink, confirm offset (§5.7) |
 //! | `EpochFileCache` | [`EpochList`], [`consistent_point`] | epoch history and the truncation decision (§5.6) |
 //!
@@ -12,9 +13,11 @@
 
 mod epoch;
 mod error;
+mod master;
 mod sync_state;
 pub mod wire;
 
 pub use epoch::{consistent_point, EpochEntry, EpochList};
 pub use error::{ClientError, EpochError, MasterError, RoleError, WireError};
+pub use master::{MasterConnection, MasterEvent, Transmit, CAUGHT_UP_REFRESH};
 pub use sync_state::{BrokerId, SyncStateSet};
