@@ -4,6 +4,7 @@
 //! | RocketMQ | here | role |
 //! |---|---|---|
 //! | frames | [`wire`] | 16-byte handshake, 12-byte reports, 20- and 36-byte master headers (§5.1, §5.2) |
+//! | `AutoSwitchHAClient` | [`Client`] | the slave: handshake, truncation, transfer (§5.4) |
 //! | `AutoSwitchHAConnection` | [`MasterConnection`] | the master's side of one slave (§5.5) |
 //! | `AutoSwitchHAService`'s sets | [`SyncStateSet`] | sync-state set, expand and shrink, confirm offset (§5.7) |
 //! | `EpochFileCache` | [`EpochList`], [`consistent_point`] | epoch history and the truncation decision (§5.6) |
@@ -11,12 +12,14 @@
 //! The wire is RocketMQ 5.1.1's and later's (a 16-byte slave handshake carrying `brokerId`);
 //! 5.0.0 and 5.1.0 spoke incompatible variants (§5.9).
 
+mod client;
 mod epoch;
 mod error;
 mod master;
 mod sync_state;
 pub mod wire;
 
+pub use client::{Client, ClientEvent, Outbound, SlaveIdentity};
 pub use epoch::{consistent_point, EpochEntry, EpochList};
 pub use error::{ClientError, EpochError, MasterError, RoleError, WireError};
 pub use master::{MasterConnection, MasterEvent, Transmit, CAUGHT_UP_REFRESH};
