@@ -6,6 +6,7 @@
 //! | frames | [`wire`] | 16-byte handshake, 12-byte reports, 20- and 36-byte master headers (§5.1, §5.2) |
 //! | `AutoSwitchHAClient` | [`Client`] | the slave: handshake, truncation, transfer (§5.4) |
 //! | `AutoSwitchHAConnection` | [`MasterConnection`] | the master's side of one slave (§5.5) |
+//! | `AutoSwitchHAService`'s role changes | [`Replica`] | become master at epoch E, become slave of an address at epoch E (§5.6) |
 //! | `AutoSwitchHAService`'s sets | [`SyncStateSet`] | sync-state set, expand and shrink, confirm offset (§5.7) |
 //! | `EpochFileCache` | [`EpochList`], [`consistent_point`] | epoch history and the truncation decision (§5.6) |
 //!
@@ -16,6 +17,7 @@ mod client;
 mod epoch;
 mod error;
 mod master;
+mod replica;
 mod sync_state;
 pub mod wire;
 
@@ -23,4 +25,5 @@ pub use client::{Client, ClientEvent, Outbound, SlaveIdentity};
 pub use epoch::{consistent_point, EpochEntry, EpochList};
 pub use error::{ClientError, EpochError, MasterError, RoleError, WireError};
 pub use master::{MasterConnection, MasterEvent, Transmit, CAUGHT_UP_REFRESH};
+pub use replica::{Replica, Role};
 pub use sync_state::{BrokerId, SyncStateSet};
