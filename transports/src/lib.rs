@@ -63,6 +63,7 @@
 #![warn(missing_docs)]
 
 pub mod blocking;
+pub mod epoch_file;
 mod error;
 pub mod file_log;
 mod runtime;
