@@ -101,6 +101,7 @@ mod flush;
 mod flusher;
 mod rocketmq;
 mod segments;
+mod truncate;
 
 pub use rocketmq::{
     RecordWalk, StoreFormat, RECOVERY_SEGMENTS, ROCKETMQ_CHECKPOINT_FILE, ROCKETMQ_LOCK_FILE,
