@@ -112,10 +112,14 @@ impl SyncStateSet {
     /// The confirm offset a master with log end `master_max` sends (§5.7,
     /// `CommitLog.getConfirmOffset`): its max offset when it is alone in the set or does not
     /// require every member's ack; otherwise the stored value, computed on first use. `None`
-    /// (Java's −1) while it cannot be computed.
+    /// (Java's −1) while it cannot be computed. Unlike Java's, it never goes backwards: a master
+    /// alone in its set confirms its max, and a member added afterwards (by the controller,
+    /// which may add a slave that is behind) does not take that back.
     pub fn confirm_offset(&mut self, master_max: u64) -> Option<u64> {
         if self.applied.len() == 1 || !self.all_ack_in_sync_state_set {
-            return Some(master_max);
+            // Remembered, so that a member added later cannot make it go backwards.
+            self.confirm = Some(self.confirm.map_or(master_max, |c| c.max(master_max)));
+            return self.confirm;
         }
         if self.confirm.is_none() {
             self.recompute(master_max);
@@ -355,6 +359,16 @@ mod tests {
         assert_eq!(alone.confirm_offset(77), Some(77));
         let mut relaxed = SyncStateSet::new(1, [1, 2], false);
         assert_eq!(relaxed.confirm_offset(77), Some(77));
+    }
+
+    #[test]
+    fn a_member_added_after_the_master_was_alone_keeps_the_confirm_offset() {
+        // Found by the `confirm_offset_is_monotonic_and_bounded` property.
+        let mut s = SyncStateSet::new(1, [1], true);
+        assert_eq!(s.confirm_offset(100), Some(100));
+        s.apply([1, 2], 100);
+        // Java would now serve its stale stored value (−1 or older).
+        assert_eq!(s.confirm_offset(100), Some(100));
     }
 
     #[test]
