@@ -145,6 +145,8 @@ pub struct Client {
     report_due: bool,
     handshake_sent: bool,
     outgoing: Option<(Outbound, usize)>,
+    /// A [`ClientEvent::Truncate`] handed out and not yet reported done.
+    pending_cut: Option<u64>,
     /// The confirm offset in the master's last header.
     master_confirm: Option<u64>,
     confirm: Option<u64>,
@@ -182,6 +184,7 @@ impl Client {
             report_due: false,
             handshake_sent: false,
             outgoing: None,
+            pending_cut: None,
             master_confirm: None,
             confirm: None,
             last_read: now,
@@ -299,6 +302,11 @@ impl Client {
                 Err(e) => return self.fail(now, e.into()),
             };
             let result = match (self.state, frame) {
+                // An answer proves the master has the whole handshake, even if the driver has
+                // not reported the write done yet; before it was handed out, none can come.
+                (State::Handshake, MasterFrame::Handshake(_)) if !self.handshake_sent => {
+                    Err(ClientError::AnswerBeforeHandshake)
+                }
                 (State::Handshake, MasterFrame::Handshake(answer)) => {
                     self.on_answer(answer.epochs, answer.max_offset)
                 }
@@ -320,22 +328,27 @@ impl Client {
     }
 
     /// The log now ends at `stored_max` after a [`ClientEvent::Truncate`]; the epoch list is
-    /// cut to match and transfer starts.
+    /// cut to match and transfer starts. A cut requested by a connection that has failed since
+    /// still cuts the epoch list (the log was cut), and the next connection starts afresh.
     pub fn handle_truncated(&mut self, now: Instant, stored_max: u64) -> Result<(), ClientError> {
         let now = self.clock.advance(now);
-        let State::Truncating(point) = self.state else {
+        let Some(point) = self.pending_cut.take() else {
             return Err(ClientError::Misuse("handle_truncated without a truncation"));
         };
         if stored_max > point {
             return self.fail(now, ClientError::Misuse("the log was not cut to the point"));
         }
-        self.stored = stored_max;
-        self.expected = stored_max;
         self.confirm = self.confirm.map(|c| c.min(stored_max));
+        self.stored = self.stored.min(stored_max);
+        self.expected = self.expected.min(stored_max);
         if self.epochs.truncate_suffix_by_offset(point) {
             self.events.push_back(ClientEvent::EpochsChanged);
         }
-        self.start_transfer();
+        if self.state == State::Truncating(point) {
+            self.stored = stored_max;
+            self.expected = stored_max;
+            self.start_transfer();
+        }
         Ok(())
     }
 
@@ -482,6 +495,7 @@ impl Client {
             .ok_or(ClientError::NoConsistentPoint)?;
         if point < self.stored {
             self.state = State::Truncating(point);
+            self.pending_cut = Some(point);
             self.events
                 .push_back(ClientEvent::Truncate { offset: point });
             return Ok(());
@@ -713,6 +727,20 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_finished_after_the_connection_failed_still_cuts_the_epochs() {
+        let (mut c, t0) = connected(epochs(&[(1, 0), (2, 100)]), 150);
+        c.handle_input(t0, &mut answer(&[(1, 0), (3, 120)], 200))
+            .unwrap();
+        assert_eq!(events(&mut c), vec![ClientEvent::Truncate { offset: 100 }]);
+        c.handle_disconnected(t0);
+        c.handle_truncated(t0, 100).unwrap();
+        assert_eq!(events(&mut c), vec![ClientEvent::EpochsChanged]);
+        assert_eq!(c.epochs(), &epochs(&[(1, 0)]));
+        assert_eq!(c.connection_state(), ConnectionState::Ready);
+        assert!(c.handle_truncated(t0, 100).is_err());
+    }
+
+    #[test]
     fn a_log_behind_the_point_is_not_cut() {
         let (mut c, t0) = connected(epochs(&[(1, 0)]), 50);
         c.handle_input(t0, &mut answer(&[(1, 0), (2, 80)], 100))
@@ -746,6 +774,30 @@ mod tests {
                 stored: 10
             })
         );
+    }
+
+    #[test]
+    fn an_answer_before_the_handshake_is_written_closes() {
+        let t0 = Instant::now();
+        let mut c = Client::new(Config::default(), ME, EpochList::new(), 7, t0);
+        c.poll_event();
+        c.handle_connected(t0, 0);
+        assert_eq!(
+            c.handle_input(t0, &mut answer(&[(1, 0)], 0)),
+            Err(ClientError::AnswerBeforeHandshake)
+        );
+        c.handle_disconnected(t0);
+        let at = c.poll_timeout().unwrap();
+        c.handle_timeout(at).unwrap();
+        c.poll_event();
+        c.handle_connected(at, 0);
+        // Once handed out, an answer may overtake the driver's report that it was written.
+        let hs = c.poll_transmit(at).unwrap();
+        c.handle_written(at, 8).unwrap();
+        c.handle_input(at, &mut answer(&[(1, 0)], 0)).unwrap();
+        assert_eq!(hs.as_bytes().len(), 16);
+        c.handle_written(at, 8).unwrap();
+        assert_eq!(report(&mut c, at), Some(0));
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub enum ClientError {
         /// The slave's state.
         expected: ConnectionState,
     },
+    /// The master answered a handshake this slave has not finished sending.
+    #[error("handshake answer before the slave's handshake was written")]
+    AnswerBeforeHandshake,
     /// No epoch the two lists share with the same start offset: the logs cannot be reconciled
     /// automatically (§5.6 `findConsistentPoint` returned −1; §5.10 point 9).
     #[error("no consistent point between the local and the master's epoch lists")]
