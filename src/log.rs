@@ -275,7 +275,15 @@ pub trait LogTruncate: LogSink {
 }
 
 impl LogTruncate for MemoryLog {
+    /// A cut below the oldest retained byte drops every byte, and the empty log then ends at
+    /// `offset` (an empty log accepts its next append anywhere).
     fn truncate_to(&mut self, offset: u64) -> Result<u64, LogError> {
+        if offset < self.min {
+            self.chunks.clear();
+            self.min = offset;
+            self.max = offset;
+            return Ok(offset);
+        }
         Ok(self.truncate(offset))
     }
 }
@@ -366,6 +374,11 @@ mod tests {
         // The next append continues exactly there, with new bytes.
         assert_eq!(log.append(100, Bytes::from(vec![7u8; 5])).unwrap(), 105);
         assert_eq!(log.copy_range(100, 105).unwrap(), vec![7u8; 5]);
+        // Below the oldest byte: nothing is left, and the log ends at the cut.
+        log.delete_segments_before(100);
+        assert_eq!(log.truncate_to(40).unwrap(), 40);
+        assert!(log.is_empty());
+        assert_eq!((log.min_offset(), log.max_offset()), (40, 40));
     }
 
     #[test]
