@@ -247,22 +247,26 @@ impl SyncStateSet {
         self.outgoing = Some(set);
     }
 
-    /// Java's `computeConfirmOffset`: the least ack of connected members, capped by the master's
-    /// max; unchanged while a member other than the master has no connection. Never lowered:
-    /// a confirm offset is a promise already made to consumers on the slaves.
+    /// Java's `computeConfirmOffset`: the least ack of the members, capped by the master's max;
+    /// unchanged while a member other than the master has not reported on a live connection.
+    /// Never lowered: a confirm offset is a promise already made to consumers on the slaves.
+    ///
+    /// Java skips members whose ack is not above 0, meaning "no report yet" (−1); but that also
+    /// skips a member that reported 0 (an empty slave that joined an empty master), and a
+    /// member that reconnected and has not reported. Either way the confirm offset could pass
+    /// a member's log, and electing that member would lose confirmed bytes. Here such a member
+    /// holds the value where it is, as a disconnected one does.
     fn recompute(&mut self, master_max: u64) {
-        let members = self.members();
-        let missing = members
-            .iter()
-            .any(|id| *id != self.local && !self.peers.contains_key(id));
-        if missing {
-            return;
+        let mut least = master_max;
+        for id in self.members() {
+            if id == self.local {
+                continue;
+            }
+            match self.peers.get(&id).and_then(|p| p.ack) {
+                Some(ack) => least = least.min(ack),
+                None => return,
+            }
         }
-        let least = members
-            .iter()
-            .filter_map(|id| self.peers.get(id).and_then(|p| p.ack))
-            .filter(|&ack| ack > 0)
-            .fold(master_max, u64::min);
         self.confirm = Some(self.confirm.map_or(least, |old| old.max(least)));
     }
 }
@@ -369,6 +373,29 @@ mod tests {
         s.apply([1, 2], 100);
         // Java would now serve its stale stored value (−1 or older).
         assert_eq!(s.confirm_offset(100), Some(100));
+    }
+
+    #[test]
+    fn a_member_that_reported_nothing_or_zero_holds_the_confirm_offset() {
+        let t0 = Instant::now();
+        let mut s = SyncStateSet::new(1, [1], true);
+        s.handle_connected(2);
+        // An empty slave joins an empty master.
+        s.handle_ack(t0, 2, 0, false, None, 0, 0);
+        let proposal = s.poll_proposal().unwrap();
+        s.apply(proposal, 0);
+        assert_eq!(s.confirm_offset(0), Some(0));
+        // The master writes 100 bytes; the member still has none: nothing more is confirmed
+        // (Java skips acks of 0 and would confirm 100).
+        s.handle_ack(t0, 2, 0, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.confirm_offset(100), Some(0));
+        s.handle_ack(t0, 2, 60, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.confirm_offset(100), Some(60));
+        // It reconnects and has not reported yet: the value holds.
+        s.handle_disconnected(2);
+        s.apply([1, 2], 100);
+        s.handle_connected(2);
+        assert_eq!(s.confirm_offset(100), Some(60));
     }
 
     #[test]
