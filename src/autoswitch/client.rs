@@ -135,8 +135,6 @@ pub struct Client {
     backoff: Backoff,
     state: State,
     epochs: EpochList,
-    /// `currentReceivedEpoch`: reset only when the role changes, not on reconnect.
-    received_epoch: Option<i32>,
     /// The local log's max offset as the driver last said.
     stored: u64,
     /// Where the next frame must start: `stored` plus appends handed out and not yet stored.
@@ -177,7 +175,6 @@ impl Client {
             timers: TimerTable::default(),
             state: State::Waiting,
             epochs,
-            received_epoch: None,
             stored: 0,
             expected: 0,
             reported: None,
@@ -535,13 +532,14 @@ impl Client {
                 });
             }
         }
-        // 5b: a new epoch label is recorded before the bytes it labels.
-        if self.received_epoch != Some(header.epoch) {
-            self.received_epoch = Some(header.epoch);
-            let entry = EpochEntry::new(header.epoch, header.epoch_start);
-            if self.epochs.observe(entry, self.expected) {
-                self.events.push_back(ClientEvent::EpochsChanged);
-            }
+        // 5b: a new epoch label is recorded before the bytes it labels. Every frame's label is
+        // offered, not only one that differs from the previous frame's as in Java
+        // (`currentReceivedEpoch`): after a handshake drops that epoch from the list (it
+        // started at the consistent point), Java never records it again and files its bytes
+        // under the epoch before, so a later consistent point can keep diverged bytes.
+        let entry = EpochEntry::new(header.epoch, header.epoch_start);
+        if self.epochs.observe(entry, self.expected) {
+            self.events.push_back(ClientEvent::EpochsChanged);
         }
         // 5c: size-0 frames append nothing.
         if let (Some(offset), false) = (header.offset, body.is_empty()) {
@@ -738,6 +736,35 @@ mod tests {
         assert_eq!(c.epochs(), &epochs(&[(1, 0)]));
         assert_eq!(c.connection_state(), ConnectionState::Ready);
         assert!(c.handle_truncated(t0, 100).is_err());
+    }
+
+    #[test]
+    fn an_epoch_dropped_at_the_handshake_is_recorded_again_by_the_next_frame() {
+        // Found by the `autoswitch_switches` simulation.
+        let (mut c, t0) = connected(epochs(&[(1, 0), (5, 50)]), 100);
+        let master = [(1, 0), (5, 50), (6, 100)];
+        c.handle_input(t0, &mut answer(&master, 300)).unwrap();
+        c.handle_input(t0, &mut frame(Some(100), 6, 100, None, &[]))
+            .unwrap();
+        assert_eq!(c.epochs(), &epochs(&master));
+        // Reconnect: the local log ends where epoch 6 starts, so the handshake drops (6, 100)
+        // from the list, as Java does ...
+        c.handle_disconnected(t0);
+        let at = c.poll_timeout().unwrap();
+        c.handle_timeout(at).unwrap();
+        events(&mut c);
+        c.handle_connected(at, 100);
+        let hs = c.poll_transmit(at).unwrap();
+        c.handle_written(at, hs.as_bytes().len()).unwrap();
+        c.handle_input(at, &mut answer(&master, 300)).unwrap();
+        assert_eq!(events(&mut c), vec![ClientEvent::EpochsChanged]);
+        assert_eq!(c.epochs(), &epochs(&[(1, 0), (5, 50)]));
+        // ... and the next frame of epoch 6 records it again before its bytes (Java would not:
+        // its last received epoch is still 6).
+        c.handle_input(at, &mut frame(Some(100), 6, 100, None, b"abc"))
+            .unwrap();
+        assert_eq!(events(&mut c)[0], ClientEvent::EpochsChanged);
+        assert_eq!(c.epochs(), &epochs(&master));
     }
 
     #[test]

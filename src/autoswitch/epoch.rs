@@ -210,19 +210,25 @@ impl EpochList {
     }
 }
 
-/// The offset below which the local log agrees with the master's, or `None` if there is none
-/// (§5.6 `findConsistentPoint`; Java's −1).
+/// The offset below which the local log agrees with the master's, or `None` if it cannot be
+/// known (§5.6 `findConsistentPoint`; Java's −1).
 ///
 /// Walking the local epochs from the newest, the first one the master also has **with the same
 /// start offset** is the newest shared epoch; both logs agree up to where the first of the two
 /// copies of it ends. Each list's newest entry ends at that replica's log end.
+///
+/// One case differs from Java: when no epoch is shared but both histories start at offset 0,
+/// every byte of both logs belongs to a listed epoch, and a byte written by the same epoch
+/// would make that epoch shared; so no byte is shared and the point is 0. Java returns −1
+/// there and the slave retries forever; it happens when a member with an empty log is elected
+/// while another replica holds bytes of the previous epoch that were never confirmed.
 pub fn consistent_point(
     local: &EpochList,
     local_end: u64,
     master: &EpochList,
     master_end: u64,
 ) -> Option<u64> {
-    local
+    let shared = local
         .entries
         .iter()
         .enumerate()
@@ -234,7 +240,10 @@ pub fn consistent_point(
                     .end_at(i, local_end)
                     .min(master.end_at(theirs, master_end))
             })
-        })
+        });
+    let both_start_at_zero =
+        local.first().is_some_and(|e| e.start == 0) && master.first().is_some_and(|e| e.start == 0);
+    shared.or(both_start_at_zero.then_some(0))
 }
 
 #[cfg(test)]
@@ -284,6 +293,18 @@ mod tests {
             consistent_point(&local, 105_000, &master, 130_000),
             Some(100_000)
         );
+    }
+
+    #[test]
+    fn histories_from_zero_without_a_shared_epoch_share_nothing() {
+        // Found by the `autoswitch_switches` simulation: epoch 1's master wrote 210 bytes only
+        // it got; a member with an empty log became master of epoch 2 at offset 0.
+        let local = list(&[(1, 0)]);
+        let master = list(&[(2, 0), (3, 1601)]);
+        assert_eq!(consistent_point(&local, 210, &master, 2424), Some(0));
+        // A history that does not start at 0 leaves bytes of unknown epochs: no answer.
+        let master = list(&[(2, 100), (3, 1601)]);
+        assert_eq!(consistent_point(&local, 210, &master, 2424), None);
     }
 
     #[test]
