@@ -20,6 +20,7 @@
 //! | frames | [`wire`] | 8-byte reports, 12-byte transfer headers (§2) |
 //! | `CommitLog` | [`LogSource`], [`LogSink`], [`MemoryLog`] | what the machines read and append |
 //! | `MessageStoreConfig` | [`Config`] | timers and sizes with RocketMQ's defaults (§6) |
+//! | controller mode (`AutoSwitchHA*`, `EpochFileCache`) | [`autoswitch`] | RocketMQ 5's AutoSwitch replication: epochs, truncation, sync-state set (§5) |
 //!
 //! Section numbers (§) refer to the protocol as this crate implements it: the [`protocol`]
 //! page (`docs/protocol.md` in the repository).

@@ -117,11 +117,11 @@ enum State {
 ///   everything from the master; otherwise the log is cut to the consistent point of the two
 ///   epoch lists (§5.6), the epoch list after it, and no consistent point is an error.
 /// * After the handshake the slave reports its max offset at once (Java waits for a heartbeat,
-///   up to 5 s, §5.10 point 1), after stored appends, and every `heartbeat_interval`.
+///   up to 5 s, §5.10), after stored appends, and every `heartbeat_interval`.
 /// * §5.4 TRANSFER: a frame's offset must be where the log ends (an empty log accepts any);
 ///   an epoch change in a header adds `(epoch, epochStart)` (ignored unless newer, as Java's
 ///   `appendEntry`); a data frame's epoch must start at or before its offset, or exactly at its
-///   end (Java's label for the chunk that closes an epoch, §5.10 point 3); size-0 frames append
+///   end (Java's label for the chunk that closes an epoch, §5.5); size-0 frames append
 ///   nothing; the confirm offset is `min(header's, stored max)` and never goes backwards
 ///   except when the log is cut.
 /// * A frame whose state differs from the client's closes the connection ("State not
@@ -688,7 +688,8 @@ mod tests {
 
     #[test]
     fn a_diverged_log_is_cut_to_the_consistent_point_before_transfer() {
-        // §5.10 capture: slave 1-0, 2-100000 with 105000 bytes; master 1-0, 3-100000, 130000.
+        // Captured from Java 5.3.3: slave 1-0, 2-100000 with 105000 bytes; master 1-0, 3-100000,
+        // 130000 bytes.
         let (mut c, t0) = connected(epochs(&[(1, 0), (2, 100_000)]), 105_000);
         c.handle_input(t0, &mut answer(&[(1, 0), (3, 100_000)], 130_000))
             .unwrap();
@@ -842,7 +843,7 @@ mod tests {
 
     #[test]
     fn javas_label_for_the_chunk_closing_an_epoch_is_accepted() {
-        // §5.10 point 3: epochs 1-0, 2-50000; the frame at 32768 of 17232 bytes is labelled
+        // §5.5, as captured from Java 5.3.3: epochs 1-0, 2-50000; the frame at 32768 of 17232 bytes is labelled
         // epoch 2, start 50000.
         let (mut c, t0) = connected(epochs(&[(1, 0)]), 32_768);
         c.handle_input(t0, &mut answer(&[(1, 0), (2, 50_000)], 60_000))

@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn consistent_point_of_the_wire_capture() {
-        // §5.10: slave 1-0, 2-100000 with 105000 bytes; master 1-0, 3-100000 with 130000 bytes.
+        // Captured from Java 5.3.3: slave 1-0, 2-100000 with 105000 bytes; master 1-0, 3-100000 with 130000 bytes.
         let local = list(&[(1, 0), (2, 100_000)]);
         let master = list(&[(1, 0), (3, 100_000)]);
         assert_eq!(

@@ -115,7 +115,7 @@ pub enum ClientError {
     #[error("handshake answer before the slave's handshake was written")]
     AnswerBeforeHandshake,
     /// No epoch the two lists share with the same start offset: the logs cannot be reconciled
-    /// automatically (§5.6 `findConsistentPoint` returned −1; §5.10 point 9).
+    /// automatically (§5.6 `findConsistentPoint` returned −1).
     #[error("no consistent point between the local and the master's epoch lists")]
     NoConsistentPoint,
     /// A frame's offset is not where the slave's log ends (§5.4 step 5a).
@@ -127,7 +127,7 @@ pub enum ClientError {
         stored: u64,
     },
     /// A data frame's epoch starts after the frame ends: the frame cannot belong to it, not
-    /// even as Java's "last chunk of the previous epoch" (§5.10 point 3).
+    /// even as Java's "last chunk of the previous epoch" (§5.5).
     #[error(
         "data frame [{offset}, {end}) is labelled with epoch {epoch} starting at {epoch_start}"
     )]

@@ -76,7 +76,7 @@ impl Transmit {
     }
 
     /// The handshake answer travels as one buffer, so a driver writes it in one piece
-    /// whenever the socket takes it (§5.10 point 4).
+    /// whenever the socket takes it (§5.2).
     fn handshake(answer: Bytes) -> Self {
         Transmit {
             header: None,
@@ -159,7 +159,7 @@ impl Buf for Transmit {
 ///   a `syncFromLastFile` slave; a request outside `[min, max]` is an error (Java heartbeats
 ///   forever). A frame carries at most `transfer_batch_size` bytes, never crosses a segment
 ///   and **never crosses an epoch**: it is cut at the epoch's end and labelled with the epoch
-///   its bytes belong to (Java labels the closing chunk with the next epoch, §5.10 point 3;
+///   its bytes belong to (Java labels the closing chunk with the next epoch, §5.5;
 ///   the Java slave accepts both). The epoch is looked up per frame in the current list, so an
 ///   epoch begun while the connection is open is honoured (Java's #9689 is not).
 /// * Heartbeats (size 0 at the next offset, labelled with that offset's epoch) after

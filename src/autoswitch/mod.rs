@@ -10,8 +10,22 @@
 //! | `AutoSwitchHAService`'s sets | [`SyncStateSet`] | sync-state set, expand and shrink, confirm offset (§5.7) |
 //! | `EpochFileCache` | [`EpochList`], [`consistent_point`] | epoch history and the truncation decision (§5.6) |
 //!
-//! The wire is RocketMQ 5.1.1's and later's (a 16-byte slave handshake carrying `brokerId`);
-//! 5.0.0 and 5.1.0 spoke incompatible variants (§5.9).
+//! The wire is RocketMQ 5.1.1's and later's (a 16-byte slave handshake carrying `brokerId`,
+//! unchanged through 5.3.3); 5.0.0 and 5.1.0 spoke incompatible variants (§5.9).
+//!
+//! # How the pieces fit
+//! A broker is a [`Replica`]. Whoever decides roles (RocketMQ's controller, an operator, a test)
+//! calls [`Replica::become_master`] or [`Replica::become_slave`]; the driver closes the previous
+//! role's connections and persists [`Replica::epochs`] (the epoch file) whenever it changes.
+//!
+//! * **Master:** one [`MasterConnection`] per accepted socket, polled with the master's
+//!   [`EpochList`] and the confirm offset from its [`SyncStateSet`]; the connection's
+//!   [`MasterEvent`]s go to that set, and its proposals to the controller.
+//! * **Slave:** the [`Client`] asks for dials, cuts of the log ([`ClientEvent::Truncate`], see
+//!   [`LogTruncate`](crate::LogTruncate)) and appends, and says when the epoch list changed.
+//!
+//! Both follow the crate's [run loop](crate#the-run-loop). Where these machines deliberately
+//! differ from Java, the protocol page says so (§5.10).
 
 mod client;
 mod epoch;

@@ -202,7 +202,7 @@ pub struct MasterHandshake {
 
 impl MasterHandshake {
     /// The header and the entries in one buffer, to be written in one piece: a Java slave that
-    /// reads the header alone resends its handshake and then drops the connection (§5.10 point 4).
+    /// reads the header alone resends its handshake and then drops the connection (§5.2).
     pub fn encode(&self) -> Bytes {
         let entries = self.epochs.entries();
         let mut out =
@@ -489,7 +489,7 @@ mod tests {
         );
     }
 
-    // §5.10: the captured answer of an empty master and its heartbeat at offset −1.
+    // §5.3: the captured answer of an empty master and its heartbeat at offset −1.
     #[test]
     fn captured_empty_master_answer_and_heartbeat() {
         let answer = hex("00000001 0000000c 0000000000000000 00000001 | 00000001 0000000000000000");
