@@ -5,7 +5,9 @@
 //! |---|---|---|
 //! | frames | [`wire`] | 16-byte handshake, 12-byte reports, 20- and 36-byte master headers (§5.1, §5.2) |
 //! | `AutoSwitchHAClient` | [`Client`] | the slave: handshake, truncation, transfer (§5.4) |
+//! | `AutoSwitchHAClient`'s socket loop | [`SlaveLoop`] | read buffer, disk operations in order (cut, epoch file, appends), the dial, the frame being written |
 //! | `AutoSwitchHAConnection` | [`MasterConnection`] | the master's side of one slave (§5.5) |
+//! | `AutoSwitchHAConnection`'s socket threads | [`MasterLoop`] | one connection's loop on the master: the frame being written |
 //! | `AutoSwitchHAService`'s role changes | [`Replica`] | become master at epoch E, become slave of an address at epoch E (§5.6) |
 //! | `AutoSwitchHAService`'s sets | [`SyncStateSet`] | sync-state set, expand and shrink, confirm offset (§5.7) |
 //! | `EpochFileCache` | [`EpochList`], [`consistent_point`] | epoch history and the truncation decision (§5.6) |
@@ -31,7 +33,9 @@ mod client;
 mod epoch;
 mod error;
 mod master;
+mod master_loop;
 mod replica;
+mod slave_loop;
 mod sync_state;
 pub mod wire;
 
@@ -39,5 +43,7 @@ pub use client::{Client, ClientEvent, Outbound, SlaveIdentity};
 pub use epoch::{consistent_point, EpochEntry, EpochList};
 pub use error::{ClientError, EpochError, MasterError, RoleError, WireError};
 pub use master::{MasterConnection, MasterEvent, Transmit, CAUGHT_UP_REFRESH};
+pub use master_loop::MasterLoop;
 pub use replica::{Replica, Role};
+pub use slave_loop::{DiskOp, SlaveLoop};
 pub use sync_state::{BrokerId, SyncStateSet};

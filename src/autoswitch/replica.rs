@@ -11,6 +11,7 @@ use std::time::Instant;
 use super::client::{Client, SlaveIdentity};
 use super::epoch::EpochList;
 use super::error::RoleError;
+use super::slave_loop::SlaveLoop;
 use super::sync_state::{BrokerId, SyncStateSet};
 use crate::config::Config;
 
@@ -38,8 +39,9 @@ pub enum Role {
         master: SocketAddr,
         /// The epoch the controller named.
         epoch: i32,
-        /// The client, which owns the epoch history while this broker is a slave.
-        client: Box<Client>,
+        /// The connection loop around the [`Client`], which owns the epoch history while this
+        /// broker is a slave.
+        slave: Box<SlaveLoop>,
     },
 }
 
@@ -80,7 +82,7 @@ impl Replica {
     pub fn epochs(&self) -> &EpochList {
         match &self.role {
             Role::Idle { epochs } | Role::Master { epochs, .. } => epochs,
-            Role::Slave { client, .. } => client.epochs(),
+            Role::Slave { slave, .. } => slave.client().epochs(),
         }
     }
 
@@ -118,9 +120,9 @@ impl Replica {
         Ok(changed)
     }
 
-    /// Becomes a slave of `master` in `epoch` (`changeToSlave`): a new [`Client`] dials at once
-    /// with this broker's id and the epoch history. An epoch below the last one in the history
-    /// is refused and changes nothing.
+    /// Becomes a slave of `master` in `epoch` (`changeToSlave`): a new [`Client`] in a
+    /// [`SlaveLoop`] dials at once with this broker's id and the epoch history. An epoch below
+    /// the last one in the history is refused and changes nothing.
     pub fn become_slave(
         &mut self,
         master: SocketAddr,
@@ -139,7 +141,7 @@ impl Replica {
         self.role = Role::Slave {
             master,
             epoch,
-            client: Box::new(client),
+            slave: Box::new(SlaveLoop::new(client, self.config.max_frame_size())),
         };
         Ok(())
     }
@@ -149,7 +151,6 @@ impl Replica {
 mod tests {
     use super::*;
     use crate::autoswitch::epoch::EpochEntry;
-    use crate::autoswitch::ClientEvent;
 
     fn addr() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 10912))
@@ -171,10 +172,10 @@ mod tests {
         assert_eq!(r.become_master(1, 0, [1], true), Ok(true));
         assert_eq!(r.epochs().entries(), &[EpochEntry::new(1, 0)]);
         r.become_slave(addr(), 2, me(1), 0, t0).unwrap();
-        let Role::Slave { client, .. } = r.role_mut() else {
+        let Role::Slave { slave, .. } = r.role_mut() else {
             panic!("not a slave")
         };
-        assert_eq!(client.poll_event(), Some(ClientEvent::Connect));
+        assert!(slave.poll_dial());
         assert_eq!(r.epochs().entries(), &[EpochEntry::new(1, 0)]);
         assert_eq!(r.become_master(3, 500, [1, 2], true), Ok(true));
         assert_eq!(
