@@ -156,12 +156,26 @@ fn a_readers_slice_above_the_cut_stays_valid_and_unchanged() {
 }
 
 #[test]
-fn cuts_at_or_above_the_end_change_nothing_and_cuts_to_the_start_are_refused() {
-    let dir = Scratch::new("refused");
+fn cuts_at_or_above_the_end_change_nothing() {
+    let dir = Scratch::new("noop");
     let mut log = store_with(&dir.0, 1000);
     assert_eq!(log.truncate_to(1000).unwrap(), 1000);
     assert_eq!(log.truncate_to(5000).unwrap(), 1000);
-    assert!(log.truncate_to(0).is_err());
-    assert_eq!(log.max_offset(), 1000);
     assert_eq!(log.copy_range(0, 1000).unwrap(), pattern(0, 1000));
+}
+
+#[test]
+fn a_cut_to_the_start_empties_the_store_durably() {
+    // Two histories from offset 0 without a shared epoch share no byte: the slave's log goes.
+    let dir = Scratch::new("empty");
+    let mut log = store_with(&dir.0, 2 * F + 10);
+    assert_eq!(log.truncate_to(0).unwrap(), 0);
+    assert_eq!((log.min_offset(), log.max_offset()), (0, 0));
+    assert!(segment_files(&dir.0).is_empty());
+    assert_eq!(checkpoint_field(&dir.0, "synced_max"), "0");
+    log.append_at(0, &[0x42; 100]).unwrap();
+    log.close().unwrap();
+    let log = FileLog::open(&dir.0, F).unwrap();
+    assert_eq!(log.copy_range(0, 100).unwrap(), vec![0x42; 100]);
+    assert_eq!(log.max_offset(), 100);
 }

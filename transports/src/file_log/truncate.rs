@@ -31,10 +31,10 @@ impl FileLog {
     /// handshake cuts again (its epoch list still describes that tail, because the epoch file
     /// is cut only after the log). Costs a copy of at most one segment.
     ///
-    /// Refused, changing nothing: a cut to or below the oldest retained byte (it would leave
-    /// the store without bytes; start it afresh instead), and RocketMQ-format stores, whose
-    /// preallocated segments end where the record walk ends (RocketMQ needs a cut on a record
-    /// boundary there).
+    /// A cut at or below the oldest retained byte leaves no byte: the store becomes empty,
+    /// starting and ending at `offset` (the next append may start anywhere, as in a new
+    /// store). Refused, changing nothing: RocketMQ-format stores, whose preallocated segments
+    /// end where the record walk ends (RocketMQ needs a cut on a record boundary there).
     pub fn truncate_to(&mut self, offset: u64) -> Result<u64, FileLogError> {
         if self.poisoned {
             return Err(FileLogError::Poisoned);
@@ -53,17 +53,7 @@ impl FileLog {
             ));
         }
         if offset <= self.min {
-            return Err(FileLogError::io(
-                "truncate",
-                &self.root,
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "cut at {offset} would leave no byte of a store starting at {}",
-                        self.min
-                    ),
-                ),
-            ));
+            return self.empty_at(offset);
         }
         if self.synced > offset {
             self.write_checkpoint(self.min, offset)?;
@@ -88,6 +78,27 @@ impl FileLog {
         self.max = offset;
         self.data_synced = self.data_synced.min(offset);
         self.shared.view_mut().max = offset;
+        Ok(offset)
+    }
+
+    /// Drops every byte: the checkpoint first claims nothing, the segment files go newest
+    /// first (a crash part-way leaves a contiguous store), then the empty store moves its start
+    /// to `offset` as an empty store does before its first append.
+    fn empty_at(&mut self, offset: u64) -> Result<u64, FileLogError> {
+        if self.synced > self.min {
+            self.write_checkpoint(self.min, self.min)?;
+        }
+        self.tail = None;
+        let all: Vec<u64> = self.shared.view().segments.keys().rev().copied().collect();
+        for start in all {
+            remove_file(&self.segment_path(start))?;
+            self.shared.view_mut().segments.remove(&start);
+        }
+        sync_dir(&self.commitlog)?;
+        self.max = self.min;
+        self.data_synced = self.data_synced.min(self.min);
+        self.shared.view_mut().max = self.min;
+        self.restart_at(offset)?;
         Ok(offset)
     }
 
