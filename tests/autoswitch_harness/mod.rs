@@ -4,7 +4,7 @@
 //!
 //! Invariants checked after every step (panics name the replica):
 //! * below its confirm offset, every slave's log agrees with the current master's (until an
-//!   unclean election);
+//!   unclean election or a lost tail);
 //! * a confirm offset never goes backwards (per slave connection and per master term);
 //! * a diverged slave is cut exactly to the longest prefix its log shares with the master's;
 //! * appends always continue the slave's log.
@@ -67,6 +67,7 @@ pub struct Stats {
     pub truncations: u64,
     pub crashes: u64,
     pub unclean: u64,
+    pub lost_tails: u64,
     pub bytes: u64,
 }
 
@@ -80,7 +81,11 @@ pub struct World {
     pub epoch: i32,
     /// The controller's sync-state set for the current epoch.
     pub members: BTreeSet<BrokerId>,
+    /// Confirmed bytes may have been lost (an unclean election or a lost tail): the
+    /// confirm-offset safety check is off from then on.
     pub unclean: bool,
+    /// Crashes may be machine crashes that lose the end of the log.
+    pub lost_tails: bool,
     master_confirm: Option<u64>,
     next_shrink: Instant,
     pub stats: Stats,
@@ -143,6 +148,7 @@ impl World {
             epoch: 0,
             members: BTreeSet::new(),
             unclean: false,
+            lost_tails: false,
             master_confirm: None,
             next_shrink: now,
             stats: Stats::default(),
@@ -253,6 +259,16 @@ impl World {
         }
         self.nodes[i].alive = false;
         self.stats.crashes += 1;
+        if self.lost_tails && self.rng.chance(500) {
+            // A machine crash: the end of the log was never on disk. The epoch file, written
+            // durably, may now list an epoch that starts past the log's end.
+            let log = &mut self.nodes[i].log;
+            let lost = self.rng.below(400);
+            log.truncate_to(log.max_offset().saturating_sub(lost))
+                .unwrap();
+            self.unclean = true;
+            self.stats.lost_tails += 1;
+        }
     }
 
     /// The replica starts again from its log and epoch file, following the current master.
