@@ -9,6 +9,8 @@ use bytes::{Bytes, BytesMut};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::ClientError;
+use crate::log::segment_start;
+use crate::record_check::RecordCheck;
 use crate::timer::{Clock, Timer, TimerTable};
 use crate::wire::{decode_transfer, encode_report, TransferHeader, REPORT_LEN};
 
@@ -144,6 +146,10 @@ pub struct HaClient {
     had_frame: bool,
     /// Connections in a row that the master closed after our report without any frame.
     rejections: u32,
+    /// Whole frames received, heartbeats included, over every connection.
+    frames_received: u64,
+    /// The record check, with [`Config::verify_records`].
+    records: Option<RecordCheck>,
 }
 
 impl HaClient {
@@ -179,12 +185,23 @@ impl HaClient {
             leftover: 0,
             had_frame: false,
             rejections: 0,
+            frames_received: 0,
+            records: config
+                .verify_records()
+                .then(|| config.local_segment_size())
+                .flatten()
+                .map(|size| RecordCheck::new(size.get())),
         };
         client.dial(now);
         client
     }
 
     // --- getters ---
+
+    /// Whole frames received so far, heartbeats included, over every connection.
+    pub fn frames_received(&self) -> u64 {
+        self.frames_received
+    }
 
     /// Whether a connection to the master is up.
     pub fn is_connected(&self) -> bool {
@@ -334,8 +351,15 @@ impl HaClient {
         }
         let result = self.dispatch(buf);
         self.leftover = buf.len();
-        if result.is_err() {
-            self.wait_to_reconnect(now);
+        match &result {
+            // The master's log will not be different in a moment: wait as after a local
+            // failure, not the network's short back-off.
+            Err(e) if e.is_incompatible() => {
+                let delay = self.local_backoff.next_delay();
+                self.enter_waiting(now, delay);
+            }
+            Err(_) => self.wait_to_reconnect(now),
+            Ok(()) => {}
         }
         result
     }
@@ -356,12 +380,21 @@ impl HaClient {
                     });
                 }
             }
+            self.check_segment_layout(&header)?;
             let Some(frame) = decode_transfer(buf, max_frame)? else {
                 return Ok(());
             };
+            if let Some(records) = &mut self.records {
+                if !frame.body.is_empty() {
+                    records
+                        .check(frame.header.offset, &frame.body)
+                        .map_err(ClientError::BadRecord)?;
+                }
+            }
             // A valid frame is network progress: the next network failure starts its back-off
             // afresh. (Local failures have their own back-off, reset only by a stored append.)
             self.backoff.reset();
+            self.frames_received += 1;
             self.had_frame = true;
             self.rejections = 0;
             if !frame.body.is_empty() {
@@ -374,6 +407,30 @@ impl HaClient {
         }
     }
 
+    /// [`Config::local_segment_size`]: a frame must fit the slave's segments as the master's
+    /// frames fit its own (see [`ClientError::SegmentSizeMismatch`]).
+    fn check_segment_layout(&self, header: &TransferHeader) -> Result<(), ClientError> {
+        let Some(size) = self.config.local_segment_size() else {
+            return Ok(());
+        };
+        let size = size.get();
+        if header.body_len == 0 {
+            return Ok(());
+        }
+        let last = header.end_offset() - 1;
+        let crosses = segment_start(header.offset, size) != segment_start(last, size);
+        let off_boundary = self.expected.is_none() && !header.offset.is_multiple_of(size);
+        if crosses || off_boundary {
+            return Err(ClientError::SegmentSizeMismatch {
+                offset: header.offset,
+                len: header.body_len,
+                segment_size: size,
+                crosses,
+            });
+        }
+        Ok(())
+    }
+
     /// The driver's local log now ends at `stored_max` (after applying appends). Reports are
     /// only ever made of this value, so the master never hears of bytes not yet stored.
     pub fn handle_appended(&mut self, stored_max: u64) {
@@ -381,6 +438,9 @@ impl HaClient {
             return;
         }
         self.stored = stored_max;
+        if let Some(records) = &mut self.records {
+            records.settle(stored_max);
+        }
         self.local_failures = 0;
         self.local_backoff.reset();
         if self.state == State::Connected && self.reported.is_none_or(|r| r < stored_max) {
@@ -595,6 +655,106 @@ mod tests {
         let report = c.poll_transmit(now)?;
         c.handle_written(now, REPORT_LEN).unwrap();
         Some(u64::from_be_bytes(report))
+    }
+
+    /// A connected client with `config`, its first report written.
+    fn connected_with(config: Config, stored: u64) -> (HaClient, Instant) {
+        let t0 = Instant::now();
+        let mut c = HaClient::new(config, 1, t0);
+        assert_eq!(c.poll_event(), Some(ClientEvent::Connect));
+        c.handle_connected(t0, stored);
+        send(&mut c, t0);
+        (c, t0)
+    }
+
+    fn with_segments(size: u64, verify: bool) -> Config {
+        Config::builder()
+            .local_segment_size(std::num::NonZeroU64::new(size))
+            .verify_records(verify)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_frame_crossing_a_local_segment_shows_another_segment_size() {
+        let (mut c, t0) = connected_with(with_segments(4096, false), 4000);
+        let mut buf = BytesMut::from(&frame(4000, &[7; 97])[..TRANSFER_HEADER_LEN]);
+        match c.handle_input(t0, &mut buf) {
+            Err(ClientError::SegmentSizeMismatch {
+                offset: 4000,
+                len: 97,
+                segment_size: 4096,
+                crosses: true,
+            }) => {}
+            other => panic!("expected a crossing mismatch, got {other:?}"),
+        }
+        assert!(!c.is_connected());
+        assert_eq!(c.poll_event(), None, "nothing of it is stored");
+        // The wait is the local back-off (1 s), not the network's (100 ms).
+        assert!(c.poll_timeout().unwrap() >= t0 + Duration::from_millis(500));
+
+        // Up to the boundary is fine; so is a frame starting on it.
+        let (mut c, t0) = connected_with(with_segments(4096, false), 4000);
+        let mut buf = BytesMut::from(&frame(4000, &[7; 96])[..]);
+        buf.extend_from_slice(&frame(4096, &[8; 4096]));
+        c.handle_input(t0, &mut buf).unwrap();
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Append { offset: 4000, .. })
+        ));
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Append { offset: 4096, .. })
+        ));
+    }
+
+    #[test]
+    fn an_empty_slaves_first_frame_must_start_on_a_local_segment() {
+        let (mut c, t0) = connected_with(with_segments(1 << 20, false), 0);
+        let mut buf = BytesMut::from(&frame(3 << 19, b"abc")[..]);
+        assert!(matches!(
+            c.handle_input(t0, &mut buf),
+            Err(ClientError::SegmentSizeMismatch { crosses: false, .. })
+        ));
+        let (mut c, t0) = connected_with(with_segments(1 << 20, false), 0);
+        let mut buf = BytesMut::from(&frame(3 << 20, b"abc")[..]);
+        c.handle_input(t0, &mut buf).unwrap();
+        // Without the setting, any layout passes (a Java slave's behaviour).
+        let (mut c, t0) = connected_with(Config::default(), 0);
+        let mut buf = BytesMut::from(&frame(3 << 19, &[1; 1 << 20])[..]);
+        c.handle_input(t0, &mut buf).unwrap();
+    }
+
+    #[test]
+    fn with_verify_records_a_bad_record_closes_and_nothing_of_it_is_stored() {
+        use crate::record::{LogWriter, Message};
+        let mut writer = LogWriter::new(4096, 0);
+        let mut log = Vec::new();
+        for i in 0..3u8 {
+            writer
+                .push(&Message::new("t", vec![i; 200]), &mut log)
+                .unwrap();
+        }
+        let (mut c, t0) = connected_with(with_segments(4096, true), 0);
+        let mut buf = BytesMut::from(&frame(0, &log)[..]);
+        c.handle_input(t0, &mut buf).unwrap();
+        assert!(matches!(
+            c.poll_event(),
+            Some(ClientEvent::Append { offset: 0, .. })
+        ));
+        c.handle_appended(log.len() as u64);
+
+        // The next frame's body flipped inside: a CRC failure.
+        let mut bad = log.clone();
+        let last = bad.len() - 10;
+        bad[last] ^= 1;
+        let (mut c, t0) = connected_with(with_segments(4096, true), 0);
+        let mut buf = BytesMut::from(&frame(0, &bad)[..]);
+        let err = c.handle_input(t0, &mut buf).unwrap_err();
+        assert!(matches!(err, ClientError::BadRecord(_)), "{err}");
+        assert!(err.is_incompatible());
+        assert_eq!(c.poll_event(), None);
+        assert!(!c.is_connected());
     }
 
     #[test]

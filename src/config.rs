@@ -25,6 +25,7 @@ pub enum StartPosition {
 pub struct Config {
     heartbeat_interval: Duration,
     housekeeping_interval: Duration,
+    first_report_timeout: Duration,
     transfer_batch_size: u32,
     first_batch_size: Option<u32>,
     max_frame_size: u32,
@@ -40,6 +41,8 @@ pub struct Config {
     local_failure_backoff_initial: Duration,
     local_failure_backoff_max: Duration,
     rate_limit: Option<NonZeroU64>,
+    local_segment_size: Option<NonZeroU64>,
+    verify_records: bool,
 }
 
 impl Default for Config {
@@ -47,6 +50,7 @@ impl Default for Config {
         Config {
             heartbeat_interval: Duration::from_millis(5_000),
             housekeeping_interval: Duration::from_millis(20_000),
+            first_report_timeout: Duration::from_millis(10_000),
             transfer_batch_size: 32 * 1024,
             first_batch_size: None,
             max_frame_size: JAVA_MAX_FRAME_SIZE,
@@ -62,6 +66,8 @@ impl Default for Config {
             local_failure_backoff_initial: Duration::from_millis(1_000),
             local_failure_backoff_max: Duration::from_millis(30_000),
             rate_limit: None,
+            local_segment_size: None,
+            verify_records: false,
         }
     }
 }
@@ -84,6 +90,20 @@ impl Config {
     /// (§3.2, §4.6, 5.x rule).
     pub fn housekeeping_interval(&self) -> Duration {
         self.housekeeping_interval
+    }
+
+    /// How long the master waits for a new connection's first report before closing it (10 s;
+    /// not in RocketMQ, whose master waits for it forever, §3.7).
+    ///
+    /// A peer that connects and never reports (a port scanner, a stuck client, a flood of idle
+    /// sockets) would otherwise hold a connection for the whole
+    /// [`housekeeping_interval`](Self::housekeeping_interval), and a peer that trickles a byte
+    /// now and then forever; this deadline runs from the accept and is not reset by bytes that
+    /// do not complete a report. Our slaves report at once on connect, but a Java 4.9 slave
+    /// holds its first report back by about `haSendHeartbeatInterval` (5 s, §4.2), hence the
+    /// default. A value at or above the housekeeping interval leaves housekeeping to act first.
+    pub fn first_report_timeout(&self) -> Duration {
+        self.first_report_timeout
     }
 
     /// `haTransferBatchSize` (32 KiB): the most body bytes the master puts in one frame (§3.4).
@@ -173,6 +193,11 @@ impl Config {
         self.local_failure_backoff_max
     }
 
+    /// A builder starting from this configuration, to change a few settings of it.
+    pub fn to_builder(self) -> ConfigBuilder {
+        ConfigBuilder { config: self }
+    }
+
     /// `haFlowControlEnable` + `maxHaTransferByteInSecond` (off; RocketMQ's value when on is
     /// 100 MiB/s): the most bytes a second, headers and bodies, the master sends to one slave
     /// (§3.9). When the budget is spent the master waits for it to refill rather than send
@@ -182,6 +207,28 @@ impl Config {
     /// [`flow::MIN_RATE`](crate::flow::MIN_RATE).
     pub fn rate_limit(&self) -> Option<NonZeroU64> {
         self.rate_limit
+    }
+
+    /// Slave: the segment size (`mappedFileSizeCommitLog`) of the slave's own log (none by
+    /// default). A master never sends a frame that crosses one of its segments, and starts an
+    /// empty slave on a segment boundary, so a frame that crosses one of the slave's segments,
+    /// or an empty slave's first frame off a boundary, shows that the master's segment size is
+    /// another: the slave closes with [`ClientError::SegmentSizeMismatch`](crate::ClientError)
+    /// and retries only after the local back-off. Without it the slave accepts any layout. Not
+    /// every mismatch shows (a master's size that is a multiple of the slave's may not cross a
+    /// boundary for a long time); what shows is refused at the first frame.
+    pub fn local_segment_size(&self) -> Option<NonZeroU64> {
+        self.local_segment_size
+    }
+
+    /// Slave: check every record the master sends before storing it (off by default; needs
+    /// [`local_segment_size`](Self::local_segment_size)). The log must be RocketMQ CommitLog
+    /// records; a record that fails RocketMQ's recovery checks (size, magic code, field
+    /// lengths, body CRC) closes the connection with
+    /// [`ClientError::BadRecord`](crate::ClientError) before any of it is stored, and the
+    /// slave retries only after the local back-off. See [`record_check`](crate::record_check).
+    pub fn verify_records(&self) -> bool {
+        self.verify_records
     }
 
     /// The longest duration any setting may have. Deadlines are `now + setting`; a setting
@@ -206,6 +253,7 @@ impl Config {
         for (name, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
             ("housekeeping_interval", self.housekeeping_interval),
+            ("first_report_timeout", self.first_report_timeout),
             ("slave_timeout", self.slave_timeout),
             ("connect_timeout", self.connect_timeout),
             ("reconnect_backoff_initial", self.reconnect_backoff_initial),
@@ -254,6 +302,9 @@ impl Config {
         if self.max_gap_not_in_sync == 0 {
             return Err(ConfigError::ZeroGap);
         }
+        if self.verify_records && self.local_segment_size.is_none() {
+            return Err(ConfigError::VerifyNeedsSegmentSize);
+        }
         Ok(self)
     }
 }
@@ -280,6 +331,8 @@ impl ConfigBuilder {
         heartbeat_interval: Duration;
         /// See [`Config::housekeeping_interval`].
         housekeeping_interval: Duration;
+        /// See [`Config::first_report_timeout`].
+        first_report_timeout: Duration;
         /// See [`Config::transfer_batch_size`].
         transfer_batch_size: u32;
         /// See [`Config::first_batch_size`].
@@ -310,6 +363,10 @@ impl ConfigBuilder {
         local_failure_backoff_max: Duration;
         /// See [`Config::rate_limit`].
         rate_limit: Option<NonZeroU64>;
+        /// See [`Config::local_segment_size`].
+        local_segment_size: Option<NonZeroU64>;
+        /// See [`Config::verify_records`].
+        verify_records: bool;
     }
 
     /// Validates and returns the configuration.
@@ -332,6 +389,9 @@ mod tests {
         assert_eq!(c.max_frame_size(), 4_194_304);
         assert_eq!(c.max_gap_not_in_sync(), 268_435_456);
         assert_eq!(c.slave_timeout(), Duration::from_secs(3));
+        // Above a Java 4.9 slave's delayed first report (§4.2), below housekeeping.
+        assert!(c.first_report_timeout() > c.heartbeat_interval() + Duration::from_secs(1));
+        assert!(c.first_report_timeout() < c.housekeeping_interval());
     }
 
     #[test]
@@ -379,6 +439,30 @@ mod tests {
             Config::builder().max_gap_not_in_sync(0).build(),
             Err(ConfigError::ZeroGap)
         );
+        assert_eq!(
+            Config::builder().verify_records(true).build(),
+            Err(ConfigError::VerifyNeedsSegmentSize)
+        );
+        assert!(Config::builder()
+            .verify_records(true)
+            .local_segment_size(NonZeroU64::new(4096))
+            .build()
+            .is_ok());
+        assert_eq!(
+            Config::builder()
+                .first_report_timeout(Duration::ZERO)
+                .build(),
+            Err(ConfigError::ZeroDuration("first_report_timeout"))
+        );
+        assert!(matches!(
+            Config::builder()
+                .first_report_timeout(Duration::MAX)
+                .build(),
+            Err(ConfigError::DurationTooLong {
+                name: "first_report_timeout",
+                ..
+            })
+        ));
     }
 
     #[test]

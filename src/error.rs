@@ -92,6 +92,10 @@ pub enum ConfigError {
     /// `max_gap_not_in_sync` was zero, so no slave could ever be in sync.
     #[error("max_gap_not_in_sync must be at least 1 byte")]
     ZeroGap,
+    /// `verify_records` was set without `local_segment_size`: records are checked segment by
+    /// segment (a blank record pads to the segment's end).
+    #[error("verify_records needs local_segment_size")]
+    VerifyNeedsSegmentSize,
 }
 
 /// A failure of a commit log, as reported by a [`LogSource`](crate::LogSource) or
@@ -191,6 +195,13 @@ pub enum MasterError {
         /// How long the write had made no progress.
         stalled: Duration,
     },
+    /// The peer sent no complete report within `first_report_timeout` of connecting: it is not
+    /// a slave, or not a working one (§3.7).
+    #[error("no report from the peer {waited:?} after it connected: not a slave, or a stuck one")]
+    NoFirstReport {
+        /// How long the connection had been open.
+        waited: Duration,
+    },
     /// Reading the log for the next frame failed.
     #[error("reading the commit log failed: {0}")]
     Log(#[from] LogError),
@@ -234,9 +245,45 @@ pub enum ClientError {
         /// The connect timeout.
         after: Duration,
     },
+    /// A frame shows that the master's segment size is not the slave's
+    /// ([`Config::local_segment_size`](crate::Config::local_segment_size)): it crosses a
+    /// boundary of the slave's segments, which a master's frames never do of its own, or it is
+    /// an empty slave's first frame and starts off a boundary. Nothing of it is stored.
+    #[error(
+        "the master's segment size is not ours ({segment_size} bytes): its frame of {len} bytes \
+         at offset {offset} {}",
+        if *crosses { "crosses one of our segment boundaries" } else { "starts an empty store off a segment boundary" }
+    )]
+    SegmentSizeMismatch {
+        /// The frame's offset.
+        offset: u64,
+        /// The frame's body length.
+        len: u32,
+        /// The slave's segment size.
+        segment_size: u64,
+        /// Whether the frame crosses a boundary (else: the first frame is off one).
+        crosses: bool,
+    },
+    /// With [`Config::verify_records`](crate::Config::verify_records), the master's log is not
+    /// valid RocketMQ records at this point (a diverged or corrupt master log, or one that is
+    /// not RocketMQ messages at all). Nothing from the bad record on is stored.
+    #[error("the master's log fails the record check: {0}")]
+    BadRecord(crate::record::RecordError),
     /// The machine was used out of order (e.g. input while not connected); a driver bug.
     #[error("driver misuse: {0}")]
     Misuse(&'static str),
+}
+
+impl ClientError {
+    /// Whether the error says the master's log cannot be taken as it is (a segment size
+    /// mismatch, a bad record) rather than that the network failed: retrying soon would only
+    /// fail again, so the slave waits the local back-off.
+    pub fn is_incompatible(&self) -> bool {
+        matches!(
+            self,
+            ClientError::SegmentSizeMismatch { .. } | ClientError::BadRecord(_)
+        )
+    }
 }
 
 /// Why a synchronous-replication wait did not succeed (§3.5).

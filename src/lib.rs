@@ -20,6 +20,7 @@
 //! | frames | [`wire`] | 8-byte reports, 12-byte transfer headers (§2) |
 //! | `CommitLog` | [`LogSource`], [`LogSink`], [`MemoryLog`] | what the machines read and append |
 //! | `MessageStoreConfig` | [`Config`] | timers and sizes with RocketMQ's defaults (§6) |
+//! | (none: Java admits anyone) | [`Admission`] | who may connect to a master, and how many at once |
 //! | controller mode (`AutoSwitchHA*`, `EpochFileCache`) | [`autoswitch`] | RocketMQ 5's AutoSwitch replication: epochs, truncation, sync-state set (§5) |
 //!
 //! Section numbers (§) refer to the protocol as this crate implements it: the [`protocol`]
@@ -99,6 +100,7 @@
 #![warn(missing_docs)]
 
 mod ack_policy;
+pub mod admission;
 pub mod autoswitch;
 mod backoff;
 mod client;
@@ -110,15 +112,18 @@ mod log;
 mod master;
 mod master_loop;
 pub mod record;
+pub mod record_check;
 mod service;
 mod slave_loop;
 mod timer;
+mod traffic;
 pub mod wire;
 
 #[doc = include_str!("../docs/protocol.md")]
 pub mod protocol {}
 
 pub use ack_policy::AckPolicy;
+pub use admission::{Admission, Decision, IpNet, Refusal};
 pub use client::{ClientEvent, HaClient, REJECTIONS_TO_REPORT};
 pub use config::{Config, ConfigBuilder, StartPosition};
 pub use connection_state::ConnectionState;
@@ -128,3 +133,4 @@ pub use master::{MasterConnection, MasterEvent, Transmit};
 pub use master_loop::MasterLoop;
 pub use service::{ConnectionId, MasterService, SyncCompletion, Ticket};
 pub use slave_loop::{PendingReport, SlaveLoop};
+pub use traffic::Traffic;

@@ -150,6 +150,9 @@ impl Buf for Transmit {
 ///   each next one at most twice as much) and never crosses a segment; a heartbeat (size 0 at
 ///   the next offset) when `heartbeat_interval` passed since the last write.
 /// * §3.2 housekeeping: close after `housekeeping_interval` without reading a byte.
+/// * §3.7 first report (ours; Java waits forever): close a connection that has not completed
+///   its first report [`Config::first_report_timeout`] after it was accepted, however many
+///   bytes short of one it sent.
 #[derive(Debug)]
 pub struct MasterConnection {
     config: Config,
@@ -168,6 +171,8 @@ pub struct MasterConnection {
     /// first, doubling per frame up to the batch size.
     frame_limit: u32,
     last_read: Instant,
+    /// When the connection was accepted (for the first-report error).
+    accepted: Instant,
     /// When the frame in flight last made progress (for the stall error).
     last_write_progress: Instant,
     /// The flow-control budget (§3.9), when a rate limit is set.
@@ -184,6 +189,7 @@ impl MasterConnection {
         let mut timers = TimerTable::default();
         timers.set(Timer::Housekeeping, now + config.housekeeping_interval());
         timers.set(Timer::Heartbeat, now + config.heartbeat_interval());
+        timers.set(Timer::FirstReport, now + config.first_report_timeout());
         MasterConnection {
             config,
             clock: Clock::new(now),
@@ -199,6 +205,7 @@ impl MasterConnection {
                     first.min(config.transfer_batch_size())
                 }),
             last_read: now,
+            accepted: now,
             last_write_progress: now,
             budget: config
                 .rate_limit()
@@ -300,6 +307,7 @@ impl MasterConnection {
         let Some(previous) = self.ack else {
             // §3.3: the first report is the request; decide the start offset once.
             let start = self.first_transfer_offset(value, log)?;
+            self.timers.stop(Timer::FirstReport);
             self.request = Some(value);
             self.ack = Some(value);
             self.next = Some(start);
@@ -362,13 +370,20 @@ impl MasterConnection {
     }
 
     /// Time passed; call when the deadline from [`poll_timeout`](Self::poll_timeout) is reached.
-    /// Fails with [`MasterError::HousekeepingTimeout`] when the slave has been silent too long.
+    /// Fails with [`MasterError::HousekeepingTimeout`] when the slave has been silent too long,
+    /// and with [`MasterError::NoFirstReport`] when it connected and never reported.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MasterError> {
         self.ensure_open()?;
         let now = self.clock.advance(now);
         if self.in_flight && self.timers.is_expired(Timer::WriteStall, now) {
             let stalled = now - self.last_write_progress;
             return self.close_on_error(Err(MasterError::WriteStalled { stalled }));
+        }
+        // Before housekeeping: when both are due, a peer that never reported is the more
+        // telling reason.
+        if self.request.is_none() && self.timers.is_expired(Timer::FirstReport, now) {
+            let waited = now - self.accepted;
+            return self.close_on_error(Err(MasterError::NoFirstReport { waited }));
         }
         if self.timers.is_expired(Timer::Housekeeping, now) {
             let idle = now - self.last_read;
@@ -518,12 +533,15 @@ impl MasterConnection {
     }
 
     /// The next deadline at which [`handle_timeout`](Self::handle_timeout) or
-    /// [`poll_transmit`](Self::poll_transmit) has work to do; `None` once closed.
+    /// [`poll_transmit`](Self::poll_transmit) has work to do (housekeeping, the first report,
+    /// a heartbeat, a stalled write, the flow budget); `None` once closed.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.closed {
             return None;
         }
         let housekeeping = self.timers.get(Timer::Housekeeping);
+        // Stopped once the first report arrived.
+        let first_report = self.timers.get(Timer::FirstReport);
         let (heartbeat, stall, flow) = if self.in_flight {
             (None, self.timers.get(Timer::WriteStall), None)
         } else if self.next.is_some() {
@@ -531,7 +549,7 @@ impl MasterConnection {
         } else {
             (None, None, None)
         };
-        [housekeeping, heartbeat, stall, flow]
+        [housekeeping, first_report, heartbeat, stall, flow]
             .into_iter()
             .flatten()
             .min()
@@ -595,7 +613,8 @@ mod tests {
         // Not even a heartbeat, however long we wait.
         let later = t0 + Duration::from_secs(10);
         assert!(c.poll_transmit(later, &log).unwrap().is_none());
-        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(20)));
+        // The only deadline is the first report's.
+        assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(10)));
     }
 
     #[test]
@@ -917,6 +936,71 @@ mod tests {
         assert!(matches!(
             c.handle_input(t0, &[0], &log),
             Err(MasterError::Misuse(_))
+        ));
+    }
+
+    #[test]
+    fn a_peer_that_never_reports_is_closed_at_the_first_report_deadline() {
+        let t0 = Instant::now();
+        let log = log_with(100);
+        let first = Config::default().first_report_timeout();
+        let mut c = MasterConnection::new(config(), t0);
+        assert_eq!(c.poll_timeout(), Some(t0 + first));
+        // Bytes short of a report keep housekeeping quiet but do not move the deadline.
+        let t1 = t0 + first / 2;
+        c.handle_input(t1, &[0, 0, 0], &log).unwrap();
+        c.handle_input(t1, &[0, 0, 0, 0], &log).unwrap();
+        c.handle_timeout(t0 + first - Duration::from_millis(1))
+            .unwrap();
+        assert_eq!(c.poll_timeout(), Some(t0 + first));
+        let err = c.handle_timeout(t0 + first).unwrap_err();
+        assert!(matches!(err, MasterError::NoFirstReport { waited } if waited == first));
+        assert!(c.is_closed());
+        assert_eq!(c.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_first_report_stops_the_first_report_deadline() {
+        let t0 = Instant::now();
+        let log = log_with(100);
+        let first = Config::default().first_report_timeout();
+        let mut c = MasterConnection::new(config(), t0);
+        // The report arrives split, completed just before the deadline.
+        let report = encode_report(100);
+        c.handle_input(t0, &report[..5], &log).unwrap();
+        c.handle_input(t0 + first - Duration::from_millis(1), &report[5..], &log)
+            .unwrap();
+        assert!(matches!(
+            c.poll_event(),
+            Some(MasterEvent::Started { requested: 100, .. })
+        ));
+        // Heartbeats keep the writer busy; the slave's reports keep housekeeping quiet.
+        let mut now = t0;
+        while now < t0 + first * 3 {
+            now = c.poll_timeout().unwrap();
+            c.handle_timeout(now).unwrap();
+            if let Some(t) = c.poll_transmit(now, &log).unwrap() {
+                assert!(t.is_heartbeat());
+                c.on_transmitted(now).unwrap();
+            }
+            c.handle_input(now, &report, &log).unwrap();
+        }
+        assert!(!c.is_closed());
+    }
+
+    #[test]
+    fn a_first_report_deadline_past_housekeeping_leaves_housekeeping_to_close() {
+        let t0 = Instant::now();
+        let cfg = Config::builder()
+            .first_report_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut c = MasterConnection::new(cfg, t0);
+        let at = c.poll_timeout().unwrap();
+        assert_eq!(at, t0 + cfg.housekeeping_interval());
+        assert!(matches!(
+            c.handle_timeout(at),
+            Err(MasterError::HousekeepingTimeout { .. })
         ));
     }
 

@@ -12,6 +12,8 @@ use bytes::Buf;
 use crate::error::MasterError;
 use crate::log::LogSource;
 use crate::master::{MasterConnection, MasterEvent, Transmit};
+use crate::traffic::Traffic;
+use crate::wire::REPORT_LEN;
 use crate::Config;
 
 /// One slave connection's loop on the master (see the crate's [run loop](crate#the-run-loop)).
@@ -33,6 +35,7 @@ pub struct MasterLoop {
     conn: MasterConnection,
     /// The frame being written.
     out: Option<Transmit>,
+    traffic: Traffic,
 }
 
 impl MasterLoop {
@@ -41,12 +44,18 @@ impl MasterLoop {
         MasterLoop {
             conn: MasterConnection::new(config, now),
             out: None,
+            traffic: Traffic::default(),
         }
     }
 
     /// The machine.
     pub fn connection(&self) -> &MasterConnection {
         &self.conn
+    }
+
+    /// Bytes and frames moved so far on this connection (frames in: whole reports).
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
     }
 
     /// Bytes read from the slave (`data` non-empty; EOF ends the connection instead).
@@ -56,6 +65,9 @@ impl MasterLoop {
         data: &[u8],
         log: &L,
     ) -> Result<(), MasterError> {
+        self.traffic.bytes_in += data.len() as u64;
+        // Reports are fixed-size and back to back, so whole ones follow from the byte count.
+        self.traffic.frames_in = self.traffic.bytes_in / REPORT_LEN as u64;
         self.conn.handle_input(now, data, log)
     }
 
@@ -81,6 +93,7 @@ impl MasterLoop {
             return Err(MasterError::Misuse("handle_written past the frame's end"));
         }
         out.advance(n);
+        self.traffic.bytes_out += n as u64;
         if out.has_remaining() {
             if n > 0 {
                 self.conn.handle_write_progress(now);
@@ -88,6 +101,7 @@ impl MasterLoop {
             return Ok(());
         }
         self.out = None;
+        self.traffic.frames_out += 1;
         self.conn.on_transmitted(now)
     }
 
@@ -141,6 +155,7 @@ mod tests {
         lp.handle_written(t1, 512).unwrap();
         assert!(lp.poll_write(t1, &log).unwrap().is_none());
         assert!(!lp.connection().is_transmitting());
+        assert_eq!(lp.traffic(), Traffic::new(16, 1012, 2, 1));
         assert!(matches!(
             lp.handle_written(t1, 1),
             Err(MasterError::Misuse(_))

@@ -59,9 +59,13 @@ pub const MAX_PROPERTIES_LEN: usize = i16::MAX as usize;
 /// The smallest record: v1, IPv4 hosts, empty body, topic and properties.
 pub const MIN_RECORD_LEN: u64 = 91;
 
-/// CRC-32 (zlib, IEEE 802.3, reflected) lookup table, built at compile time.
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
+/// CRC-32 (zlib, IEEE 802.3, reflected) lookup tables for slicing by 8, built at compile time:
+/// `CRC_TABLES[0]` is the classic byte table, and `CRC_TABLES[k][b]` is the CRC of byte `b`
+/// followed by `k` zero bytes, so eight bytes are folded in with eight independent lookups.
+/// A verifying slave computes this over every body byte it receives; byte at a time it cost
+/// about 1.7 s of CPU per GiB (`bench --records`), slicing by 8 several times less.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut tables = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -74,18 +78,42 @@ const CRC_TABLE: [u32; 256] = {
             };
             k += 1;
         }
-        table[i] = c;
+        tables[0][i] = c;
         i += 1;
     }
-    table
+    let mut t = 1;
+    while t < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = tables[t - 1][i];
+            tables[t][i] = (prev >> 8) ^ tables[0][(prev & 0xFF) as usize];
+            i += 1;
+        }
+        t += 1;
+    }
+    tables
 };
 
 /// The body CRC as RocketMQ stores it: zlib's CRC-32 of `bytes` with the top bit cleared
 /// (Java keeps it in an `int` and masks it to stay non-negative). 0 for an empty body.
 pub fn body_crc(bytes: &[u8]) -> u32 {
+    let t = &CRC_TABLES;
     let mut c = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let lo = c ^ u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let hi = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        c = t[7][(lo & 0xFF) as usize]
+            ^ t[6][((lo >> 8) & 0xFF) as usize]
+            ^ t[5][((lo >> 16) & 0xFF) as usize]
+            ^ t[4][(lo >> 24) as usize]
+            ^ t[3][(hi & 0xFF) as usize]
+            ^ t[2][((hi >> 8) & 0xFF) as usize]
+            ^ t[1][((hi >> 16) & 0xFF) as usize]
+            ^ t[0][(hi >> 24) as usize];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
     }
     (c ^ 0xFFFF_FFFF) & 0x7FFF_FFFF
 }
@@ -783,6 +811,33 @@ mod tests {
         assert_eq!(body_crc(b""), 0);
         // zlib's crc32("123456789") is 0xCBF43926; the top bit is cleared.
         assert_eq!(body_crc(b"123456789"), 0xCBF4_3926 & 0x7FFF_FFFF);
+    }
+
+    #[test]
+    fn sliced_crc_equals_the_bitwise_definition_at_every_length_and_alignment() {
+        fn bitwise(bytes: &[u8]) -> u32 {
+            let mut c = 0xFFFF_FFFFu32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 != 0 {
+                        0xEDB8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            (c ^ 0xFFFF_FFFF) & 0x7FFF_FFFF
+        }
+        let data: Vec<u8> = (0..300u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for start in 0..8 {
+            for len in 0..(data.len() - start) {
+                let bytes = &data[start..start + len];
+                assert_eq!(body_crc(bytes), bitwise(bytes), "start {start} len {len}");
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use crate::client::{ClientEvent, HaClient};
 use crate::config::Config;
 use crate::error::ClientError;
+use crate::traffic::Traffic;
 use crate::wire::REPORT_LEN;
 
 /// The smallest read the loop lends; also what an idle connection keeps allocated.
@@ -88,6 +89,8 @@ pub struct SlaveLoop {
     events: VecDeque<ClientEvent>,
     /// Bytes read and not yet stored above which reads pause: a slow disk pushes back.
     backlog_limit: usize,
+    /// Bytes and whole reports; frames in come from the machine, which decodes them.
+    traffic: Traffic,
 }
 
 impl SlaveLoop {
@@ -108,6 +111,7 @@ impl SlaveLoop {
             report: None,
             events: VecDeque::new(),
             backlog_limit: (config.max_frame_size() as usize).max(64 * 1024) * 2,
+            traffic: Traffic::default(),
         }
     }
 
@@ -131,6 +135,14 @@ impl SlaveLoop {
     /// Bytes received and not yet stored (queued, or with the disk).
     pub fn unstored_len(&self) -> usize {
         self.queued_len + self.storing_len
+    }
+
+    /// Bytes and frames moved so far, over every connection (frames out: whole reports).
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            frames_in: self.client.frames_received(),
+            ..self.traffic
+        }
     }
 
     /// Bytes of an incomplete frame held in the read buffer.
@@ -236,6 +248,7 @@ impl SlaveLoop {
     pub fn handle_read(&mut self, now: Instant, n: usize) -> Result<(), ClientError> {
         let lent = self.buf.len() - self.filled;
         let n = n.min(lent);
+        self.traffic.bytes_in += n as u64;
         // A read that filled what it was lent suggests more is waiting: read more at once. A
         // read far smaller than that suggests an idle connection: lend less.
         if n == lent {
@@ -279,7 +292,12 @@ impl SlaveLoop {
     pub fn handle_written(&mut self, now: Instant, n: usize) -> Result<(), ClientError> {
         let result = self.client.handle_written(now, n);
         if let Some(report) = self.report.as_mut() {
-            report.written += n.min(REPORT_LEN - report.written);
+            let n = n.min(REPORT_LEN - report.written);
+            report.written += n;
+            self.traffic.bytes_out += n as u64;
+            if report.written == REPORT_LEN {
+                self.traffic.frames_out += 1;
+            }
             if report.written == REPORT_LEN || result.is_err() {
                 self.report = None;
             }
@@ -403,6 +421,7 @@ mod tests {
         let max = log.append_all(from, batch).unwrap();
         lp.handle_stored(max);
         assert_eq!(lp.poll_write(t0).unwrap().as_bytes(), 7u64.to_be_bytes());
+        assert_eq!(lp.traffic(), Traffic::new(wire.len() as u64, 8, 2, 1));
     }
 
     #[test]

@@ -16,9 +16,11 @@ pub(crate) enum Timer {
     Connect = 3,
     /// Close a connection whose pending write made no progress (a report or a frame).
     WriteStall = 4,
+    /// Close a master connection whose first report has not arrived (master only).
+    FirstReport = 5,
 }
 
-const TIMER_COUNT: usize = 5;
+const TIMER_COUNT: usize = 6;
 
 /// Deadlines indexed by [`Timer`]; `None` means stopped.
 #[derive(Debug, Clone, Default)]

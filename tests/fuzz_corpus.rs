@@ -96,6 +96,11 @@ fn master_stream_corpus() {
 }
 
 #[test]
+fn record_check_corpus() {
+    replay("record_check");
+}
+
+#[test]
 fn record_walk_corpus() {
     replay("record_walk");
 }

@@ -763,3 +763,97 @@ fn a_rate_limit_holds_over_every_window() {
     }
     qc(150).quickcheck(prop as fn(u32, u16, Vec<u16>, Vec<u8>) -> TestResult);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admission
+// ---------------------------------------------------------------------------------------------
+
+/// A block contains exactly the addresses whose first `prefix` bits are its own, compared bit
+/// by bit; an IPv4 block contains the IPv4-mapped forms of its addresses; printing and parsing
+/// give the block back.
+#[test]
+fn ip_blocks_contain_what_their_prefix_says() {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use rocketmq_ha::IpNet;
+
+    fn prop(net: u32, ip: u32, prefix: u8, v6: bool, flips: u8) -> bool {
+        // Nearby addresses are the interesting ones: flip one low bit of the block's address.
+        let ip = if flips.is_multiple_of(2) {
+            ip
+        } else {
+            net ^ (1 << (flips % 32))
+        };
+        let (net_ip, peer, max) = if v6 {
+            let wide = |x: u32| (u128::from(x) << 96) | u128::from(x);
+            (
+                IpAddr::V6(Ipv6Addr::from_bits(wide(net))),
+                IpAddr::V6(Ipv6Addr::from_bits(wide(ip))),
+                128,
+            )
+        } else {
+            (
+                IpAddr::V4(Ipv4Addr::from_bits(net)),
+                IpAddr::V4(Ipv4Addr::from_bits(ip)),
+                32,
+            )
+        };
+        let prefix = prefix % (max + 1);
+        let block = IpNet::new(net_ip, prefix).expect("a valid prefix");
+        let bits = |a: IpAddr| -> Vec<bool> {
+            let octets = match a {
+                IpAddr::V4(a) => a.octets().to_vec(),
+                IpAddr::V6(a) => a.octets().to_vec(),
+            };
+            octets
+                .iter()
+                .flat_map(|o| (0..8).rev().map(move |i| o >> i & 1 == 1))
+                .collect()
+        };
+        let expected = bits(net_ip)[..usize::from(prefix)] == bits(peer)[..usize::from(prefix)];
+        let mapped_agrees = match peer {
+            IpAddr::V4(v4) => block.contains(IpAddr::V6(v4.to_ipv6_mapped())) == expected,
+            IpAddr::V6(_) => true,
+        };
+        block.contains(peer) == expected
+            && mapped_agrees
+            && block.to_string().parse::<IpNet>() == Ok(block)
+            && block.contains(block.addr())
+    }
+    qc(2000).quickcheck(prop as fn(u32, u32, u8, bool, u8) -> bool);
+}
+
+/// An admission accepts exactly the peers that are allowed while fewer than the limit are
+/// live, and counts every refusal.
+#[test]
+fn admission_accepts_allowed_peers_below_the_limit() {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use rocketmq_ha::{Admission, Decision, IpNet};
+
+    fn prop(limit: Option<u8>, allowed_last_octets: Vec<u8>, arrivals: Vec<(u8, u8)>) -> bool {
+        let limit = limit.map(usize::from);
+        let nets: Vec<IpNet> = allowed_last_octets
+            .iter()
+            .map(|&o| IpNet::host(IpAddr::V4(Ipv4Addr::new(10, 0, 0, o))))
+            .collect();
+        let mut admission = Admission::new().max_connections(limit);
+        let restrict = !allowed_last_octets.is_empty();
+        if restrict {
+            admission = admission.allow(nets);
+        }
+        let mut refusals = 0;
+        for (octet, live) in arrivals {
+            let peer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, octet));
+            let allowed = !restrict || allowed_last_octets.contains(&octet);
+            let room = limit.is_none_or(|l| usize::from(live) < l);
+            let decision = admission.decide(peer, usize::from(live));
+            if (decision == Decision::Accept) != (allowed && room) {
+                return false;
+            }
+            refusals += u64::from(decision != Decision::Accept);
+        }
+        admission.refused() == refusals
+    }
+    qc(1000).quickcheck(prop as fn(Option<u8>, Vec<u8>, Vec<(u8, u8)>) -> bool);
+}

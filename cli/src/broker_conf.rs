@@ -1,11 +1,15 @@
-//! `--broker-conf FILE`: the HA settings of a RocketMQ `broker.conf` (Java properties: `key=value`
-//! or `key: value` lines, `#` and `!` comments). Only the keys this program understands are
-//! read; the rest of a broker's configuration is ignored. Flags given on the command line win
-//! over the file.
+//! `--config FILE` (alias `--broker-conf`): the HA and store settings of a RocketMQ
+//! `broker.conf` (Java properties: `key=value` or `key: value` lines, `#` and `!` comments).
+//! Only the keys this program understands are read; the rest of a broker's configuration is
+//! ignored, and the program says which keys it used and which it ignored. Flags given on the
+//! command line win over the file.
 //!
 //! | key | meaning here |
 //! |---|---|
-//! | `brokerRole` | `SYNC_MASTER`: the master's `--append-rate` appends are synchronous (`--sync`) |
+//! | `brokerRole` | `SLAVE`, `ASYNC_MASTER` or `SYNC_MASTER`; must match the command (`slave` or `master`). `SYNC_MASTER`: the master's `--append-rate` appends are synchronous (`--sync`) |
+//! | `storePathRootDir` | `--store` (the directory holding `commitlog/`) |
+//! | `storePathCommitLog` | `--store` is its parent; it must be a directory named `commitlog` (this program keeps its checkpoint beside it) |
+//! | `flushDiskType` | `SYNC_FLUSH`: the slave flushes before it acks (`--flush-before-ack`), the master flushes every append; `ASYNC_FLUSH` (RocketMQ's default): periodic flushes |
 //! | `haListenPort` | the master's listening port (`--listen`) |
 //! | `haMasterAddress` | the slave's master (`--master`) |
 //! | `mappedFileSizeCommitLog` | `--segment-size` |
@@ -21,12 +25,46 @@
 //! `inSyncReplicas=1` explicitly.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rocketmq_ha::{AckPolicy, ConfigBuilder};
 
 use crate::Failure;
+
+/// Every key this program reads; the others are reported as ignored.
+const KNOWN_KEYS: &[&str] = &[
+    "brokerRole",
+    "storePathRootDir",
+    "storePathCommitLog",
+    "flushDiskType",
+    "haListenPort",
+    "haMasterAddress",
+    "mappedFileSizeCommitLog",
+    "haSendHeartbeatInterval",
+    "haHousekeepingInterval",
+    "haTransferBatchSize",
+    "haMaxGapNotInSync",
+    "haSlaveFallbehindMax",
+    "slaveTimeout",
+    "haFlowControlEnable",
+    "maxHaTransferByteInSecond",
+    "inSyncReplicas",
+    "minInSyncReplicas",
+    "enableAutoInSyncReplicas",
+    "allAckInSyncStateSet",
+];
+
+/// `brokerRole` (RocketMQ's `BrokerRole`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `ASYNC_MASTER`, RocketMQ's default.
+    AsyncMaster,
+    /// `SYNC_MASTER`.
+    SyncMaster,
+    /// `SLAVE`.
+    Slave,
+}
 
 /// RocketMQ's `maxHaTransferByteInSecond` default.
 const DEFAULT_FLOW_RATE: u64 = 100 * 1024 * 1024;
@@ -103,6 +141,101 @@ impl BrokerConf {
         self.get("brokerRole").map(str::to_ascii_uppercase)
     }
 
+    /// `brokerRole`, checked.
+    pub fn broker_role(&self) -> Result<Option<Role>, Failure> {
+        let Some(role) = self.role() else {
+            return Ok(None);
+        };
+        match role.as_str() {
+            "ASYNC_MASTER" => Ok(Some(Role::AsyncMaster)),
+            "SYNC_MASTER" => Ok(Some(Role::SyncMaster)),
+            "SLAVE" => Ok(Some(Role::Slave)),
+            _ => Err(self.bad(
+                "brokerRole",
+                &role,
+                "expected SLAVE, ASYNC_MASTER or SYNC_MASTER",
+            )),
+        }
+    }
+
+    /// Refuses a file whose `brokerRole` is not the command's: a slave's broker.conf given to
+    /// `master` would serve the slave's store to others.
+    pub fn check_role(&self, master: bool) -> Result<(), Failure> {
+        let role = self.broker_role()?;
+        let (wrong, command) = match role {
+            Some(Role::Slave) if master => ("a slave's", "rocketmq-ha slave"),
+            Some(Role::AsyncMaster | Role::SyncMaster) if !master => {
+                ("a master's", "rocketmq-ha master")
+            }
+            _ => return Ok(()),
+        };
+        let role = self.role().unwrap_or_default();
+        Err(Failure(format!(
+            "{}: brokerRole={role} is {wrong} configuration: run `{command}` with it",
+            self.origin
+        )))
+    }
+
+    /// The store directory (the one holding `commitlog/`): `storePathCommitLog`'s parent, else
+    /// `storePathRootDir`.
+    pub fn store_dir(&self) -> Result<Option<PathBuf>, Failure> {
+        if let Some(commitlog) = self.get("storePathCommitLog") {
+            let path = Path::new(commitlog);
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            return match (path.file_name(), parent) {
+                (Some(name), Some(parent)) if name == "commitlog" => Ok(Some(parent.to_owned())),
+                _ => Err(self.bad(
+                    "storePathCommitLog",
+                    commitlog,
+                    "this program keeps the commit log in <store>/commitlog: name a directory \
+                     called commitlog, or give storePathRootDir instead",
+                )),
+            };
+        }
+        Ok(self.get("storePathRootDir").map(PathBuf::from))
+    }
+
+    /// `flushDiskType`: whether every append is flushed before it counts (`SYNC_FLUSH`).
+    pub fn sync_flush(&self) -> Result<Option<bool>, Failure> {
+        self.get("flushDiskType")
+            .map(|v| match v.to_ascii_uppercase().as_str() {
+                "SYNC_FLUSH" => Ok(true),
+                "ASYNC_FLUSH" => Ok(false),
+                _ => Err(self.bad("flushDiskType", v, "expected SYNC_FLUSH or ASYNC_FLUSH")),
+            })
+            .transpose()
+    }
+
+    /// One line for the operator: the keys used, and how many (and which) were ignored.
+    /// `None` for an empty configuration (no file given).
+    pub fn summary(&self) -> Option<String> {
+        if self.entries.is_empty() && self.origin.is_empty() {
+            return None;
+        }
+        let (used, ignored): (Vec<&str>, Vec<&str>) = self
+            .entries
+            .keys()
+            .map(String::as_str)
+            .partition(|key| KNOWN_KEYS.contains(key));
+        let mut line = format!(
+            "config {}: using {}",
+            self.origin,
+            if used.is_empty() {
+                "no key".to_owned()
+            } else {
+                used.join(", ")
+            }
+        );
+        if !ignored.is_empty() {
+            line += &format!(
+                "; ignoring {} key(s) that are no HA or store settings: {}",
+                ignored.len(),
+                ignored.join(", ")
+            );
+        }
+        Some(line)
+    }
+
     /// `haListenPort`.
     pub fn listen_port(&self) -> Result<Option<u16>, Failure> {
         self.number("haListenPort")?
@@ -122,9 +255,12 @@ impl BrokerConf {
         self.number("mappedFileSizeCommitLog")
     }
 
-    /// `haTransferBatchSize`.
+    /// `haTransferBatchSize`, at least 1.
     pub fn batch_size(&self) -> Result<Option<u64>, Failure> {
-        self.number("haTransferBatchSize")
+        match self.number("haTransferBatchSize")? {
+            Some(0) => Err(self.bad("haTransferBatchSize", "0", "must be at least 1")),
+            batch => Ok(batch),
+        }
     }
 
     /// `slaveTimeout`.
@@ -137,10 +273,17 @@ impl BrokerConf {
         if self.flag("haFlowControlEnable")? != Some(true) {
             return Ok(None);
         }
-        Ok(Some(
-            self.number("maxHaTransferByteInSecond")?
-                .unwrap_or(DEFAULT_FLOW_RATE),
-        ))
+        let rate = self
+            .number("maxHaTransferByteInSecond")?
+            .unwrap_or(DEFAULT_FLOW_RATE);
+        if rate < rocketmq_ha::flow::MIN_RATE {
+            return Err(self.bad(
+                "maxHaTransferByteInSecond",
+                &rate.to_string(),
+                "must be at least 1024 bytes a second",
+            ));
+        }
+        Ok(Some(rate))
     }
 
     /// The ack policy the quorum keys ask for, if they say anything.
@@ -234,6 +377,69 @@ enableAutoInSyncReplicas=true
         assert_eq!(config.housekeeping_interval(), Duration::from_secs(10));
         assert_eq!(config.max_gap_not_in_sync(), 1 << 20);
         assert_eq!(config.slave_timeout(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn store_flush_and_role_keys_are_read_and_checked() {
+        let conf = BrokerConf::parse(
+            "brokerRole=SLAVE\nstorePathRootDir=/data/store\nflushDiskType=SYNC_FLUSH\n\
+             brokerName=broker-a\ndeleteWhen=04\n",
+            "b.conf",
+        );
+        assert_eq!(conf.broker_role().unwrap(), Some(Role::Slave));
+        assert!(conf.check_role(false).is_ok());
+        let err = conf.check_role(true).unwrap_err().0;
+        assert!(
+            err.contains("brokerRole=SLAVE") && err.contains("rocketmq-ha slave"),
+            "{err}"
+        );
+        assert_eq!(
+            conf.store_dir().unwrap(),
+            Some(PathBuf::from("/data/store"))
+        );
+        assert_eq!(conf.sync_flush().unwrap(), Some(true));
+        let summary = conf.summary().unwrap();
+        assert!(
+            summary.contains("using brokerRole, flushDiskType, storePathRootDir")
+                && summary.contains("ignoring 2 key(s)")
+                && summary.contains("brokerName, deleteWhen"),
+            "{summary}"
+        );
+        // storePathCommitLog wins, its parent is the store.
+        let conf = BrokerConf::parse(
+            "storePathRootDir=/a\nstorePathCommitLog=/b/commitlog\nflushDiskType=ASYNC_FLUSH\n",
+            "b.conf",
+        );
+        assert_eq!(conf.store_dir().unwrap(), Some(PathBuf::from("/b")));
+        assert_eq!(conf.sync_flush().unwrap(), Some(false));
+        assert!(conf.check_role(true).is_ok() && conf.check_role(false).is_ok());
+        for (text, key) in [
+            ("storePathCommitLog=/b/log\n", "storePathCommitLog=/b/log"),
+            (
+                "storePathCommitLog=commitlog\n",
+                "storePathCommitLog=commitlog",
+            ),
+            ("flushDiskType=SOMETIMES\n", "flushDiskType=SOMETIMES"),
+            ("brokerRole=LEADER\n", "brokerRole=LEADER"),
+            ("haTransferBatchSize=0\n", "haTransferBatchSize=0"),
+        ] {
+            let conf = BrokerConf::parse(text, "b.conf");
+            let err = conf
+                .store_dir()
+                .and(conf.sync_flush())
+                .and(conf.broker_role().map(|_| None::<u64>))
+                .and(conf.batch_size())
+                .unwrap_err()
+                .0;
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        assert_eq!(BrokerConf::default().summary(), None);
+        let slow = BrokerConf::parse(
+            "haFlowControlEnable=true\nmaxHaTransferByteInSecond=10\n",
+            "b.conf",
+        );
+        let err = slow.rate_limit().unwrap_err().0;
+        assert!(err.contains("maxHaTransferByteInSecond=10"), "{err}");
     }
 
     #[test]

@@ -105,12 +105,6 @@ impl Progress {
         let _ = err.flush();
     }
 
-    /// Prints a message on its own line without garbling the progress line.
-    pub fn message(&mut self, text: &str) {
-        self.finish();
-        eprintln!("{text}");
-    }
-
     /// Ends the redrawn line so later output starts on a fresh one.
     pub fn finish(&mut self) {
         if let Some(line) = self.unprinted.take() {

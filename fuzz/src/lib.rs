@@ -24,6 +24,7 @@ pub mod autoswitch_master;
 pub mod client_stream;
 pub mod input;
 pub mod master_stream;
+pub mod record_check;
 pub mod record_walk;
 pub mod sim_schedule;
 pub mod waiters;
@@ -33,6 +34,7 @@ pub use autoswitch_client::autoswitch_client;
 pub use autoswitch_master::autoswitch_master;
 pub use client_stream::client_stream;
 pub use master_stream::master_stream;
+pub use record_check::record_check;
 pub use record_walk::record_walk;
 pub use sim_schedule::sim_schedule;
 pub use waiters::waiters;
@@ -47,6 +49,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("autoswitch_master", autoswitch_master),
     ("client_stream", client_stream),
     ("master_stream", master_stream),
+    ("record_check", record_check),
     ("record_walk", record_walk),
     ("sim_schedule", sim_schedule),
     ("waiters", waiters),

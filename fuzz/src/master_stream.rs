@@ -67,6 +67,9 @@ fn config(input: &mut Input) -> Config {
         .max_frame_size(batch + TRANSFER_HEADER_LEN as u32 + input.small(0, 3) as u32)
         .heartbeat_interval(heartbeat)
         .housekeeping_interval(housekeeping)
+        // Derived, not drawn, so the corpus keeps its meaning; twice the heartbeat falls both
+        // before and after housekeeping across the drawn ranges.
+        .first_report_timeout(heartbeat * 2)
         .start_position(start)
         .reject_ack_above_max(!input.u8().is_multiple_of(4))
         .reject_ack_above_sent(input.u8().is_multiple_of(4))
@@ -169,6 +172,8 @@ struct Harness {
     /// When the last frame was reported written (or the connection accepted).
     last_write: Instant,
     last_read: Instant,
+    /// When the connection was accepted (the first-report deadline runs from here).
+    accepted: Instant,
     closed: bool,
 }
 
@@ -189,6 +194,7 @@ impl Harness {
             in_flight: None,
             last_write: now,
             last_read: now,
+            accepted: now,
             closed: false,
         }
     }
@@ -503,6 +509,8 @@ impl Harness {
             return;
         }
         let silent = self.now >= self.last_read + self.config.housekeeping_interval();
+        let unreported = self.request.is_none()
+            && self.now >= self.accepted + self.config.first_report_timeout();
         let stalled = self.in_flight.as_ref().and_then(|f| {
             (self.now >= f.progress_at + self.config.write_stall_timeout())
                 .then_some(self.now - f.progress_at)
@@ -513,6 +521,12 @@ impl Harness {
                 self.close();
             }
             _ if stalled.is_some() => panic!("a stalled write was not closed: {result:?}"),
+            Err(MasterError::NoFirstReport { waited }) => {
+                assert!(unreported, "the first-report deadline fired early");
+                assert_eq!(waited, self.now - self.accepted);
+                self.close();
+            }
+            _ if unreported => panic!("a peer that never reported was not closed: {result:?}"),
             Ok(()) => assert!(!silent, "housekeeping did not fire"),
             Err(MasterError::HousekeepingTimeout { idle }) => {
                 assert!(silent, "housekeeping fired early");
@@ -551,7 +565,7 @@ impl Harness {
             (_, Some(flight)) => {
                 housekeeping.min(flight.progress_at + self.config.write_stall_timeout())
             }
-            (None, None) => housekeeping,
+            (None, None) => housekeeping.min(self.accepted + self.config.first_report_timeout()),
         };
         assert_eq!(c.poll_timeout(), Some(expected), "next deadline");
     }

@@ -182,7 +182,7 @@ fn topic_len(m: &Message) -> usize {
 }
 
 /// A message from the input: short fields, so many fit; v2 and IPv6 hosts reachable.
-fn message(input: &mut Input) -> Message {
+pub(crate) fn message(input: &mut Input) -> Message {
     let flags = input.u8();
     let topic_len = if flags & 1 != 0 {
         input.small(120, 300) as usize

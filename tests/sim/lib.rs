@@ -280,6 +280,15 @@ impl Sim {
 
         let start = clocks.instant(0, Duration::ZERO);
         let master = MasterNode::new(p.config, log, start);
+        // Every slave checks the frames' layout against its own segments (the same size as the
+        // master's here): under every fault, the check must never fire
+        // (`client_error_is_expected`).
+        let slave_config = p
+            .config
+            .to_builder()
+            .local_segment_size(std::num::NonZeroU64::new(f))
+            .build()
+            .expect("a valid configuration stays valid");
         let slaves: Vec<SlaveNode> = slave_logs
             .into_iter()
             .enumerate()
@@ -287,7 +296,7 @@ impl Sim {
                 SlaveNode::new(
                     i,
                     l,
-                    p.config,
+                    slave_config,
                     entropy.seed(),
                     clocks.instant(i + 1, Duration::ZERO),
                 )

@@ -1111,7 +1111,9 @@ impl MasterNode {
         tr!(cx, "master closes link {link}: {e}");
         let (min, max) = (self.log.min_offset(), self.log.max_offset());
         let expected = match &e {
-            MasterError::HousekeepingTimeout { .. } | MasterError::WriteStalled { .. } => {
+            MasterError::HousekeepingTimeout { .. }
+            | MasterError::WriteStalled { .. }
+            | MasterError::NoFirstReport { .. } => {
                 // While idle, only a zombie (whose slave end is gone) may time out.
                 !cx.idle || cx.net.is_closed(link, End::Slave)
             }

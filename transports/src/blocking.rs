@@ -11,7 +11,7 @@
 //! a thread blocked in `read`, `write` or `accept`.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
@@ -24,7 +24,7 @@ use rustix::io::Errno;
 use rustix::net::SendFlags;
 
 use crate::runtime::io_slices;
-use crate::shared::{read_timeout, ConnectionGuard, SlaveDriver};
+use crate::shared::{read_timeout, Accepted, ConnectionGuard, SlaveDriver};
 use crate::{Error, MasterHandle, SlaveHandle};
 
 /// Serves slaves on `listener` until `master` is shut down, one pair of threads per connection;
@@ -38,8 +38,11 @@ where
     while !master.is_shut_down() {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let Some(conn) = master.register_accepted(peer) else {
-                    break;
+                let conn = match master.register_accepted(peer) {
+                    Accepted::Serve(conn) => conn,
+                    // Dropping the stream closes it before a byte is read.
+                    Accepted::Refuse => continue,
+                    Accepted::ShutDown => break,
                 };
                 connections.retain(|t| !t.is_finished());
                 let spawned = thread::Builder::new()
@@ -168,6 +171,13 @@ fn writer<L: LogSource>(
         if transmit.is_none() {
             // Listen, then look again: growth between the two wakes the listener.
             let listener = log.listen();
+            // The reader sets `done` before its wake-up: seen here, or the listener hears it.
+            // Without this, a writer that woke at the same deadline as the reader closed the
+            // machine (the first report's, housekeeping) could miss the wake-up and wait for
+            // ever, the connection never unregistered.
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
             let deadline;
             (transmit, deadline) = poll()?;
             if transmit.is_none() {
@@ -185,7 +195,9 @@ fn writer<L: LogSource>(
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                     Ok(written) => {
                         transmit.advance(written);
-                        lock(machine).handle_written(Instant::now(), written)?;
+                        let mut m = lock(machine);
+                        m.handle_written(Instant::now(), written)?;
+                        conn.forward(&mut m);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e.into()),
@@ -210,10 +222,14 @@ pub fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
             driver.on_timeout();
             continue;
         }
-        // The loop's deadline is the dial's: the machine gives up on it then.
-        let addr = slave.master();
+        // The loop's deadline is the dial's: the machine gives up on it then. A host name is
+        // resolved again at each dial (the system resolver's own time limits apply to that
+        // step).
         let deadline = driver.deadline();
-        match TcpStream::connect_timeout(&addr, read_timeout(deadline).unwrap_or(Duration::MAX)) {
+        let dialed = driver
+            .dial_addresses_blocking()
+            .and_then(|addrs| dial_first(&mut driver, &addrs, deadline).map_err(Error::from));
+        match dialed {
             Ok(stream) => {
                 let Ok(key) = stop.register(&stream) else {
                     break;
@@ -223,9 +239,29 @@ pub fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
                 stop.unregister(key);
             }
             Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => driver.on_timeout(),
-            Err(e) => driver.connect_failed(e.into()),
+            Err(e) => driver.connect_failed(e),
         }
     }
+}
+
+/// Connects to the first of `addrs` that answers before `deadline`; the last error otherwise.
+fn dial_first<L: LogSink>(
+    driver: &mut SlaveDriver<L>,
+    addrs: &[SocketAddr],
+    deadline: Option<Instant>,
+) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to dial");
+    for &addr in addrs {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        driver.dialing(addr);
+        match TcpStream::connect_timeout(&addr, read_timeout(deadline).unwrap_or(Duration::MAX)) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// One connection on one thread: reports go out with non-blocking sends, so a master that

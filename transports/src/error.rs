@@ -24,6 +24,15 @@ pub enum Error {
         /// The configured connect timeout.
         after: Duration,
     },
+    /// The master's host name did not resolve to an address (it is resolved again before
+    /// every dial).
+    #[error("resolving {host}: {source}")]
+    Resolve {
+        /// The name as given, `HOST:PORT`.
+        host: String,
+        /// The resolver's error.
+        source: io::Error,
+    },
     /// The master keeps closing this slave's connections right after its first report,
     /// without sending a frame ([`ClientEvent::Rejected`](rocketmq_ha::ClientEvent::Rejected)).
     #[error(
@@ -59,6 +68,7 @@ impl From<Error> for io::Error {
         match e {
             Error::Io(e) => e,
             Error::ConnectTimeout { .. } => io::Error::new(io::ErrorKind::TimedOut, e),
+            Error::Resolve { source, .. } => source,
             Error::Rejected { .. } => io::Error::new(io::ErrorKind::ConnectionRefused, e),
             Error::Master(e) => e.into(),
             Error::Client(e) => e.into(),

@@ -94,6 +94,16 @@
 //! whose `lock` is held is refused ([`FileLogError::BrokerLocked`]), and while a [`FileLog`]
 //! has a store open it holds the same lock (creating the file in RocketMQ format), so a broker
 //! refuses to start on it.
+//!
+//! [`FileLog::create_in`] makes a new store in this format, one a broker starts on: full-size
+//! segment files, RocketMQ's `checkpoint` (all zeros, as a new broker's; see
+//! [`ROCKETMQ_CHECKPOINT_FILE`]) and `lock`. Such a store starts only on a segment boundary
+//! ([`FileLogError::UnalignedStart`]): a broker reads each file from its first byte. Before its
+//! first write a process creates RocketMQ's `abort` marker, and a clean close removes it once
+//! everything is synced, so a broker started after our crash recovers the store as after its
+//! own (walking every record and rebuilding its consume queues), and after a clean stop quickly.
+//! A store has no `consumequeue/` of ours: a broker that finds none dispatches every message of
+//! the commit log again at start (from its min offset) before it serves, and then has them all.
 
 mod checkpoint;
 mod error;
@@ -104,7 +114,8 @@ mod segments;
 mod truncate;
 
 pub use rocketmq::{
-    RecordWalk, StoreFormat, RECOVERY_SEGMENTS, ROCKETMQ_CHECKPOINT_FILE, ROCKETMQ_LOCK_FILE,
+    RecordWalk, StoreFormat, RECOVERY_SEGMENTS, ROCKETMQ_ABORT_FILE, ROCKETMQ_CHECKPOINT_FILE,
+    ROCKETMQ_CHECKPOINT_LEN, ROCKETMQ_LOCK_FILE,
 };
 
 pub use checkpoint::CHECKPOINT_FILE;
@@ -305,6 +316,19 @@ pub struct FileLog {
     /// RocketMQ format: segments after the end, or garbage after a bad record, are still on
     /// disk; the first append removes them.
     tail_dirty: bool,
+    /// RocketMQ's `abort` marker, set before this process first writes.
+    abort: Abort,
+}
+
+/// Who made the `abort` marker of a RocketMQ-format store (see [`rocketmq::mark_abort`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abort {
+    /// Not checked yet: nothing written by this process.
+    Unmarked,
+    /// We created it, and remove it on a clean close.
+    Ours,
+    /// It was there before us (a broker crashed): left for the broker.
+    Theirs,
 }
 
 impl FileLog {
@@ -321,8 +345,20 @@ impl FileLog {
     }
 
     /// Makes a new, empty store at `root` (creating the directories) starting at offset 0, and
-    /// opens it. Fails with [`FileLogError::StoreExists`] if `root/commitlog` exists.
+    /// opens it. Fails with [`FileLogError::StoreExists`] if `root/commitlog` exists. The store
+    /// is in [`StoreFormat::Raw`]; [`create_in`](Self::create_in) chooses.
     pub fn create(root: impl AsRef<Path>, segment_size: u64) -> Result<FileLog, FileLogError> {
+        FileLog::create_in(root, segment_size, StoreFormat::Raw)
+    }
+
+    /// [`create`](Self::create) in the given format. A [`StoreFormat::RocketMq`] store is one a
+    /// RocketMQ broker starts on (module docs, "RocketMQ-format stores"): it gets RocketMQ's
+    /// `checkpoint` and `lock` files beside ours, and full-size segment files.
+    pub fn create_in(
+        root: impl AsRef<Path>,
+        segment_size: u64,
+        format: StoreFormat,
+    ) -> Result<FileLog, FileLogError> {
         let root = root.as_ref();
         check_segment_size(segment_size)?;
         let commitlog = root.join(COMMITLOG_DIR);
@@ -332,6 +368,10 @@ impl FileLog {
             Err(e) => return Err(FileLogError::io("stat", commitlog, e)),
         }
         fs::create_dir_all(&commitlog).map_err(|e| FileLogError::io("create", &commitlog, e))?;
+        let rocketmq = format == StoreFormat::RocketMq;
+        if rocketmq {
+            rocketmq::write_checkpoint_if_missing(root)?;
+        }
         // Records the segment size, so reopening with another one is refused rather than
         // misread. Storing it also fsyncs `root`, which makes `commitlog/` durable.
         Checkpoint {
@@ -339,7 +379,7 @@ impl FileLog {
             base: 0,
             synced_max: 0,
             boot_id: current_boot_id(),
-            rocketmq: false,
+            rocketmq,
         }
         .store(root)?;
         FileLog::open(root, segment_size)
@@ -355,6 +395,34 @@ impl FileLog {
         match fs::symlink_metadata(&commitlog) {
             Ok(_) => FileLog::open(root, segment_size),
             Err(e) if e.kind() == io::ErrorKind::NotFound => FileLog::create(root, segment_size),
+            Err(e) => Err(FileLogError::io("stat", commitlog, e)),
+        }
+    }
+
+    /// Opens the store at `root` if it exists and is in `format` (else
+    /// [`FileLogError::FormatMismatch`]), or creates it in `format`.
+    pub fn open_or_create_in(
+        root: impl AsRef<Path>,
+        segment_size: u64,
+        format: StoreFormat,
+    ) -> Result<FileLog, FileLogError> {
+        let root = root.as_ref();
+        let commitlog = root.join(COMMITLOG_DIR);
+        match fs::symlink_metadata(&commitlog) {
+            Ok(_) => {
+                let log = FileLog::open(root, segment_size)?;
+                if log.mode() != format {
+                    return Err(FileLogError::FormatMismatch {
+                        root: root.to_path_buf(),
+                        found: log.mode(),
+                        requested: format,
+                    });
+                }
+                Ok(log)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                FileLog::create_in(root, segment_size, format)
+            }
             Err(e) => Err(FileLogError::io("stat", commitlog, e)),
         }
     }
@@ -537,6 +605,7 @@ impl FileLog {
             schedule: Schedule::default(),
             epoch: 0,
             closed: false,
+            abort: Abort::Unmarked,
         };
         if trusted_end.is_some() {
             // Everything left is synced; recording this boot lets a later process crash trust
@@ -619,6 +688,7 @@ impl FileLog {
             schedule: Schedule::default(),
             epoch: 0,
             closed: false,
+            abort: Abort::Unmarked,
         })
     }
 
@@ -747,6 +817,13 @@ impl FileLog {
         if self.tail_dirty {
             self.clean_rocketmq_tail()?;
         }
+        if self.format == StoreFormat::RocketMq && self.abort == Abort::Unmarked {
+            self.abort = if rocketmq::mark_abort(&self.root)? {
+                Abort::Ours
+            } else {
+                Abort::Theirs
+            };
+        }
         let total = pieces.iter().map(|p| p.len() as u64).sum::<u64>();
         match offset.checked_add(total) {
             Some(end) if end <= MAX_LOG_OFFSET => {}
@@ -860,7 +937,18 @@ impl FileLog {
     pub fn close(mut self) -> Result<(), FileLogError> {
         // Whatever the outcome, drop must not try again.
         self.closed = true;
-        self.sync()
+        self.sync()?;
+        self.clear_abort()
+    }
+
+    /// A clean close in RocketMQ format, everything synced: the `abort` marker this process
+    /// created goes, so a broker starting next takes its normal recovery.
+    fn clear_abort(&mut self) -> Result<(), FileLogError> {
+        if self.abort == Abort::Ours {
+            rocketmq::clear_abort(&self.root)?;
+            self.abort = Abort::Unmarked;
+        }
+        Ok(())
     }
 
     /// The offset below which every byte is on disk and claimed by the checkpoint: what the
@@ -1026,6 +1114,12 @@ impl FileLog {
     /// where the master says). Crash ordering in the module docs.
     fn restart_at(&mut self, offset: u64) -> Result<(), FileLogError> {
         debug_assert_eq!(self.min, self.max, "only an empty store may move its start");
+        if self.format == StoreFormat::RocketMq && !offset.is_multiple_of(self.segment_size) {
+            return Err(FileLogError::UnalignedStart {
+                offset,
+                segment_size: self.segment_size,
+            });
+        }
         self.tail = None;
         self.epoch += 1;
         // An empty store has at most one file, shorter than its start: it holds no log bytes.
@@ -1154,8 +1248,8 @@ impl Drop for FileLog {
     /// a handle released at the end of `main`) still flushes what it holds. Errors cannot be
     /// reported here; call `close` to see them.
     fn drop(&mut self) {
-        if !self.closed && !self.poisoned {
-            let _ = self.sync();
+        if !self.closed && !self.poisoned && self.sync().is_ok() {
+            let _ = self.clear_abort();
         }
     }
 }

@@ -25,8 +25,15 @@
 //!   and async tasks can wait on. A producer appending to a master's log wakes its connections.
 //! * [`MasterHandle`]: the log, the [`MasterService`](rocketmq_ha::MasterService) every
 //!   connection reports acks to, and synchronous replication
-//!   ([`MasterHandle::append_replicated_blocking`], [`smol::wait_replicated`], ...).
-//! * [`SlaveHandle`]: the slave's log, status and errors.
+//!   ([`MasterHandle::append_replicated_blocking`], [`smol::wait_replicated`], ...), and who
+//!   may connect ([`MasterHandle::set_admission`]: a connection limit and an allow list, decided
+//!   by the core's [`Admission`](rocketmq_ha::Admission); refused sockets are closed unread).
+//! * [`SlaveHandle`]: the slave's log, status and errors; a master given by host name
+//!   ([`SlaveHandle::with_host`]) is resolved again before every dial.
+//!
+//! Each connection logs through `tracing` (a span per connection; connects, start offsets and
+//! closes with their [`CloseReason`] at `info` or `warn`, frames at `trace`) and counts its
+//! bytes and frames ([`SlaveInfo::traffic`], [`SlaveStatus::traffic`], [`MasterTotals`]).
 //!
 //! Shutting a handle down closes its sockets, ends its driver, and completes pending sync waits
 //! with [`SyncError::Shutdown`](rocketmq_ha::SyncError::Shutdown). [`Transport`] runs any driver
@@ -66,6 +73,7 @@ pub mod blocking;
 pub mod epoch_file;
 mod error;
 pub mod file_log;
+mod observe;
 mod runtime;
 mod shared;
 pub mod smol;
@@ -74,5 +82,9 @@ pub mod tokio;
 mod transport;
 
 pub use error::Error;
-pub use shared::{ClosedConnection, MasterHandle, SharedLog, SlaveHandle, SlaveInfo, SlaveStatus};
+pub use observe::CloseReason;
+pub use shared::{
+    ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SharedLog, SlaveHandle,
+    SlaveInfo, SlaveStatus,
+};
 pub use transport::{Running, Transport, UnknownTransport};

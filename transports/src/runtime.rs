@@ -11,7 +11,7 @@ use bytes::Buf;
 use futures_lite::FutureExt;
 use rocketmq_ha::{LogSink, LogSource, Transmit};
 
-use crate::shared::{maybe, ConnectionGuard, SlaveDriver, SlaveHandle};
+use crate::shared::{maybe, resolve_on_thread, ConnectionGuard, SlaveDriver, SlaveHandle};
 use crate::Error;
 
 /// What an async driver provides: a connected socket type, dialing, and a timer.
@@ -189,10 +189,10 @@ pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
         let mut alarm = None;
         loop {
             if slave.poll_dial() {
-                let addr = handle.master();
-                // The loop's deadline is the dial's: the machine gives up on it then.
+                // The loop's deadline is the dial's, name resolution included: the machine
+                // gives up on it then.
                 let deadline = slave.deadline();
-                let dialed = async { Some(R::connect(addr).await) }
+                let dialed = async { Some(dial::<R, L>(&mut slave).await) }
                     .or(async {
                         maybe(deadline.map(R::sleep_until)).await;
                         None
@@ -203,7 +203,7 @@ pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
                         slave.connected();
                         slave_connection::<R, L>(&mut slave, &socket).await;
                     }
-                    Some(Err(e)) => slave.connect_failed(e.into()),
+                    Some(Err(e)) => slave.connect_failed(e),
                     None => slave.on_timeout(),
                 }
             } else {
@@ -215,6 +215,24 @@ pub(crate) async fn run_slave<R: Runtime, L: LogSink>(handle: SlaveHandle<L>) {
         }
     };
     work.or(handle.stop().wait()).await
+}
+
+/// Resolves the master's name again (when it has one) and connects to the first of its
+/// addresses that answers.
+async fn dial<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>) -> Result<R::Socket, Error> {
+    let addrs = match slave.dial_host() {
+        Some(host) => resolve_on_thread(host).await?,
+        None => slave.dial_addresses_blocking()?,
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to dial");
+    for addr in addrs {
+        slave.dialing(addr);
+        match R::connect(addr).await {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = e,
+        }
+    }
+    Err(last.into())
 }
 
 /// What woke a slave connection.

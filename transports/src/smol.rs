@@ -20,6 +20,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
 
 use crate::runtime::{self, Runtime};
+use crate::shared::Accepted;
 use crate::{MasterHandle, SlaveHandle};
 
 struct Smol;
@@ -85,8 +86,11 @@ where
         match accepted {
             None => return Ok(()),
             Some(Ok((socket, peer))) => {
-                let Some(conn) = master.register_accepted(peer) else {
-                    return Ok(());
+                let conn = match master.register_accepted(peer) {
+                    Accepted::Serve(conn) => conn,
+                    // Dropping the socket closes it before a byte is read.
+                    Accepted::Refuse => continue,
+                    Accepted::ShutDown => return Ok(()),
                 };
                 let Some(executor) = executor.upgrade() else {
                     return Ok(());

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::runtime::{self, Runtime};
+use crate::shared::Accepted;
 use crate::{MasterHandle, SlaveHandle};
 
 struct Tokio;
@@ -73,8 +74,11 @@ where
         };
         match accepted {
             Ok((socket, peer)) => {
-                let Some(conn) = master.register_accepted(peer) else {
-                    return Ok(());
+                let conn = match master.register_accepted(peer) {
+                    Accepted::Serve(conn) => conn,
+                    // Dropping the socket closes it before a byte is read.
+                    Accepted::Refuse => continue,
+                    Accepted::ShutDown => return Ok(()),
                 };
                 // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
                 if crate::shared::tune_master_socket(&socket).is_ok() {

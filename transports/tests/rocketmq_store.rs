@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use rocketmq_ha::record::{LogWriter, Message, RecordFault};
 use rocketmq_ha::LogSource;
 use rocketmq_ha_transports::file_log::{
-    segment_file_name, FileLog, FileLogError, StoreFormat, COMMITLOG_DIR, ROCKETMQ_CHECKPOINT_FILE,
-    ROCKETMQ_LOCK_FILE,
+    segment_file_name, FileLog, FileLogError, StoreFormat, COMMITLOG_DIR, ROCKETMQ_ABORT_FILE,
+    ROCKETMQ_CHECKPOINT_FILE, ROCKETMQ_CHECKPOINT_LEN, ROCKETMQ_LOCK_FILE,
 };
 
 const F: u64 = 64 * 1024;
@@ -207,6 +207,21 @@ fn lock_child() {
     std::process::exit(0);
 }
 
+/// Helper process for the crash test: with `HA_CRASH_STORE` set, creates a RocketMQ-format
+/// store there, appends the first `HA_CRASH_CUT` bytes of the test log and aborts without
+/// closing it. A normal run does nothing.
+#[test]
+fn crash_child() {
+    let Some(root) = std::env::var_os("HA_CRASH_STORE") else {
+        return;
+    };
+    let cut: usize = std::env::var("HA_CRASH_CUT").unwrap().parse().unwrap();
+    let (log, _) = encode(200);
+    let mut file_log = FileLog::create_in(&root, F, StoreFormat::RocketMq).unwrap();
+    file_log.append_at_end(&log[..cut]).unwrap();
+    std::process::abort();
+}
+
 fn lock_child_command(lock: &Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", "lock_child", "--nocapture", "--test-threads=1"])
@@ -262,4 +277,126 @@ fn a_store_a_broker_holds_is_refused_and_ours_keeps_a_broker_out() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(0), "the lock outlived the store");
+}
+
+/// A scratch directory with nothing in it (for stores `FileLog` creates).
+fn empty_scratch(name: &str) -> Scratch {
+    let store = Scratch::new(name);
+    fs::remove_dir_all(&store.0).unwrap();
+    store
+}
+
+#[test]
+fn a_new_rocketmq_store_has_what_a_broker_expects_and_full_size_files() {
+    let store = empty_scratch("create");
+    let (log, offsets) = encode(400);
+    assert!(log.len() as u64 > 2 * F, "the test wants several segments");
+    let mut file_log = FileLog::create_in(&store.0, F, StoreFormat::RocketMq).unwrap();
+    assert_eq!(file_log.mode(), StoreFormat::RocketMq);
+    let checkpoint = fs::read(store.0.join(ROCKETMQ_CHECKPOINT_FILE)).unwrap();
+    assert_eq!(checkpoint.len(), ROCKETMQ_CHECKPOINT_LEN);
+    assert!(checkpoint.iter().all(|&b| b == 0));
+    assert!(store.0.join(ROCKETMQ_LOCK_FILE).exists());
+    assert!(
+        !store.0.join(ROCKETMQ_ABORT_FILE).exists(),
+        "no write yet: nothing to recover"
+    );
+
+    // Appended as a slave does: in pieces that cut records anywhere.
+    for chunk in log.chunks(10_007) {
+        file_log.append_at_end(chunk).unwrap();
+    }
+    assert!(
+        store.0.join(ROCKETMQ_ABORT_FILE).exists(),
+        "written and not closed: a broker must recover as after a crash"
+    );
+    file_log.close().unwrap();
+    assert!(
+        !store.0.join(ROCKETMQ_ABORT_FILE).exists(),
+        "closed cleanly"
+    );
+    for entry in fs::read_dir(store.0.join(COMMITLOG_DIR)).unwrap() {
+        let len = entry.unwrap().metadata().unwrap().len();
+        assert_eq!(len, F, "a broker refuses a segment file of another length");
+    }
+
+    // Reopened, as a broker's recovery would: the end is after the last record.
+    let reopened = FileLog::open(&store.0, F).unwrap();
+    assert_eq!(reopened.mode(), StoreFormat::RocketMq);
+    assert_eq!(reopened.max_offset(), log.len() as u64);
+    let walk = reopened.record_walk().unwrap();
+    assert_eq!(walk.first_bad, None);
+    assert!(walk.records > 0 && walk.records <= offsets.len() as u64);
+    assert_eq!(reopened.copy_range(0, log.len() as u64).unwrap(), log);
+}
+
+#[test]
+fn a_rocketmq_store_killed_mid_record_keeps_its_abort_marker_and_ends_at_a_record() {
+    let store = empty_scratch("killed");
+    let (log, offsets) = encode(200);
+    let cut = offsets[150] + 77; // inside record 150
+                                 // Written by a child process that then dies without closing, as by `kill -9`.
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env("HA_CRASH_STORE", &store.0)
+        .env("HA_CRASH_CUT", cut.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child aborts: {status:?}");
+    assert!(store.0.join(ROCKETMQ_ABORT_FILE).exists());
+
+    let mut reopened = FileLog::open(&store.0, F).unwrap();
+    assert_eq!(
+        reopened.max_offset(),
+        offsets[150],
+        "the torn record is not log"
+    );
+    // A slave resumes from there and the store ends complete.
+    reopened
+        .append_at(offsets[150], &log[offsets[150] as usize..])
+        .unwrap();
+    reopened.close().unwrap();
+    assert!(
+        store.0.join(ROCKETMQ_ABORT_FILE).exists(),
+        "a marker left by an earlier crash is the broker's to clear"
+    );
+    let again = FileLog::open(&store.0, F).unwrap();
+    assert_eq!(again.max_offset(), log.len() as u64);
+    assert_eq!(again.copy_range(0, log.len() as u64).unwrap(), log);
+}
+
+#[test]
+fn a_rocketmq_store_only_starts_on_a_segment_boundary() {
+    let store = empty_scratch("unaligned");
+    let mut file_log = FileLog::create_in(&store.0, F, StoreFormat::RocketMq).unwrap();
+    match file_log.append_at(F / 2, b"x") {
+        Err(FileLogError::UnalignedStart {
+            offset,
+            segment_size,
+        }) => assert_eq!((offset, segment_size), (F / 2, F)),
+        other => panic!("expected UnalignedStart, got {other:?}"),
+    }
+    let (log, _) = encode(10);
+    file_log.append_at(3 * F, &log).unwrap();
+    assert_eq!(file_log.min_offset(), 3 * F);
+    assert_eq!(file_log.max_offset(), 3 * F + log.len() as u64);
+}
+
+#[test]
+fn a_store_asked_for_in_the_other_format_is_refused_naming_both() {
+    let store = empty_scratch("mismatch");
+    FileLog::create_in(&store.0, F, StoreFormat::Raw)
+        .unwrap()
+        .close()
+        .unwrap();
+    match FileLog::open_or_create_in(&store.0, F, StoreFormat::RocketMq) {
+        Err(e @ FileLogError::FormatMismatch { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("raw") && text.contains("rocketmq"), "{text}");
+        }
+        other => panic!("expected FormatMismatch, got {other:?}"),
+    }
+    let log = FileLog::open_or_create_in(&store.0, F, StoreFormat::Raw).unwrap();
+    assert_eq!(log.mode(), StoreFormat::Raw);
 }

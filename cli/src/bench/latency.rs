@@ -9,7 +9,7 @@ use rocketmq_ha::Config;
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
 use rocketmq_ha_transports::{MasterHandle, Transport};
 
-use super::{loopback_addr, poll_until};
+use super::{poll_until, Peers};
 use crate::size::Size;
 use crate::{Context, Failure, Generator};
 
@@ -27,6 +27,7 @@ pub(super) fn sync_latency(
     messages: usize,
     segment: u64,
     dir: &Path,
+    peers: &Peers,
 ) -> Result<Vec<Latency>, Failure> {
     let stores = (
         dir.join(format!("sync-master-{transport}")),
@@ -35,7 +36,7 @@ pub(super) fn sync_latency(
     let log = FileLog::create(&stores.0, segment).context("creating the sync master store")?;
     let master = MasterHandle::new(log, config);
     let server = transport
-        .spawn_master(loopback_addr(), master.clone())
+        .spawn_master(peers.bind_addr(), master.clone())
         .context("starting the master")?;
     let addr = server
         .local_addr()
@@ -44,7 +45,8 @@ pub(super) fn sync_latency(
     // locks and no async reactor (async-io's is per process), and the slave's thread competes
     // with the master's only for the CPU.
     let mut child = Child(
-        std::process::Command::new(std::env::current_exe().context("finding this program")?)
+        peers
+            .command()?
             .args(["slave", "--master", &addr.to_string(), "--transport"])
             .arg(transport.name())
             .arg("--store")
@@ -110,7 +112,7 @@ pub(super) fn sync_latency(
 pub(super) struct Child(pub(super) std::process::Child);
 
 impl Child {
-    fn exited(&mut self) -> bool {
+    pub(super) fn exited(&mut self) -> bool {
         !matches!(self.0.try_wait(), Ok(None))
     }
 }

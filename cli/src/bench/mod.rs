@@ -34,6 +34,7 @@ mod fanout;
 mod flow;
 mod json;
 mod latency;
+mod link;
 mod loopback;
 mod memory;
 mod pingpong;
@@ -48,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rocketmq_ha::{Config, LogError, LogSource, StartPosition};
-use rocketmq_ha_transports::file_log::{FileLog, FileLogReader};
+use rocketmq_ha_transports::file_log::{FileLog, FileLogReader, StoreFormat};
 use rocketmq_ha_transports::{Running, SlaveHandle, Transport};
 
 use crate::size::{Human, SegmentSize, Size};
@@ -57,6 +58,7 @@ use fanout::{fanout, Fanout};
 use flow::flow;
 pub use json::Json;
 use latency::sync_latency;
+pub use link::sink;
 use loopback::loopback;
 use memory::idle_memory;
 pub use pingpong::echo;
@@ -101,6 +103,11 @@ pub struct BenchArgs {
     /// medians.
     #[arg(long, value_name = "N", default_value_t = 1)]
     runs: usize,
+    /// Replicate RocketMQ messages (1 KiB bodies) instead of random bytes in the throughput
+    /// test, its slaves checking every record as it arrives (`slave --verify`): the check's
+    /// cost, against a run without this flag.
+    #[arg(long)]
+    records: bool,
     /// Messages per size in the sync-latency test.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     messages: usize,
@@ -145,6 +152,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Instead of loopback, measure across a link of this rate (e.g. 1gbit, 10gbit): two
+    /// network namespaces joined by a veth pair, `tc tbf` limiting each way (root only). Runs
+    /// a plain TCP stream, replication (the first --transport and --batch-size), ping-pong and
+    /// sync latency across it; the other parts are skipped.
+    #[arg(long, value_name = "RATE")]
+    link: Option<link::LinkRate>,
 }
 
 /// The parts of the benchmark.
@@ -162,16 +175,79 @@ enum Part {
     Flow,
 }
 
-pub fn bench(args: BenchArgs) -> Result<(), Failure> {
+/// Refuses 0 for `option`, naming it: a size or count of nothing gives no figure.
+pub(crate) fn positive(option: &str, value: u64) -> Result<(), Failure> {
+    match value {
+        0 => Err(Failure(format!("{option} 0: must be more than 0"))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a rate below `least` bytes a second for `option`, naming it, rather than raising
+/// it silently.
+pub(crate) fn at_least(option: &str, value: u64, least: u64) -> Result<(), Failure> {
+    match value < least {
+        true => Err(Failure(format!(
+            "{option} {value}: must be at least {least} bytes a second"
+        ))),
+        false => Ok(()),
+    }
+}
+
+/// Refuses options that would measure nothing or print nonsense (a rate over zero bytes, a
+/// part with no transport to run on), naming the option, before anything is generated.
+fn check(args: &BenchArgs) -> Result<(), Failure> {
     if args.batch_size.is_empty() || args.transport.is_empty() {
         return Err(Failure("give at least one transport and batch size".into()));
     }
+    positive("--bytes", args.bytes.0)?;
+    positive("--fanout-bytes", args.fanout_bytes.0)?;
+    positive("--runs", args.runs as u64)?;
+    positive("--messages", args.messages as u64)?;
+    positive("--idle-connections", args.idle_connections as u64)?;
+    positive("--flow-seconds", args.flow_seconds)?;
+    for size in &args.message_sizes {
+        positive("--message-sizes", size.0)?;
+    }
+    for &slaves in &args.fanout {
+        positive("--fanout", slaves as u64)?;
+    }
+    at_least("--flow-rate", args.flow_rate.0, rocketmq_ha::flow::MIN_RATE)?;
+    let async_transport = args
+        .transport
+        .iter()
+        .any(|&t| Transport::from(t) != Transport::Blocking);
+    if args.only.contains(&Part::Fanout) && !async_transport {
+        let message = "the fan-out test runs on the async transports only (smol, tokio), and \
+                       --transport names none";
+        if args.only.iter().all(|&p| p == Part::Fanout) {
+            return Err(Failure(format!("--only fanout: {message}")));
+        }
+        eprintln!("note: skipping fan-out: {message}");
+    }
+    Ok(())
+}
+
+pub fn bench(args: BenchArgs) -> Result<(), Failure> {
+    check(&args)?;
     let part = |p: Part| args.only.contains(&p);
     let transports: Vec<Transport> = args.transport.iter().map(|&t| t.into()).collect();
     let machine = Machine::describe();
     let dir = TempDir::new("bench", false)?;
     let total = args.bytes.0.max(1);
     let segment = args.segment_size.0;
+    if let Some(rate) = args.link {
+        return link::run(link::LinkArgs {
+            rate,
+            transport: transports[0],
+            batch: args.batch_size[0],
+            total,
+            segment,
+            messages: args.messages.max(1),
+            sizes: &args.message_sizes,
+            dir: &dir,
+        });
+    }
     let configs = args
         .batch_size
         .iter()
@@ -199,7 +275,12 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             Human(total),
             machine.load
         ));
-        Some(generate(&dir.0.join("master"), total, segment)?)
+        Some(generate(
+            &dir.0.join("master"),
+            total,
+            segment,
+            args.records,
+        )?)
     } else {
         None
     };
@@ -232,6 +313,16 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             for &transport in &transports {
                 slot += 1;
                 let reader = reader.as_ref().expect("generated for throughput");
+                let config = if args.records {
+                    config
+                        .to_builder()
+                        .local_segment_size(std::num::NonZeroU64::new(segment))
+                        .verify_records(true)
+                        .build()
+                        .context("invalid settings")?
+                } else {
+                    config
+                };
                 let sample = replicate(transport, config, reader, total, &dir.0, slot)?;
                 note(format_args!(
                     "  {transport}, batch {}: {:.0} MB/s, first byte {:.0} us after connecting",
@@ -263,7 +354,11 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
     let mut ping_pongs = Vec::new();
     if part(Part::Latency) {
         note(format_args!("ping-pong reference"));
-        ping_pongs = ping_pong(&args.message_sizes, args.messages.max(1))?;
+        ping_pongs = ping_pong(
+            &args.message_sizes,
+            args.messages.max(1),
+            &Peers::loopback(),
+        )?;
         for &transport in &transports {
             note(format_args!("sync latency, {transport}"));
             latencies.extend(sync_latency(
@@ -273,6 +368,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
                 args.messages.max(1),
                 segment,
                 &dir.0,
+                &Peers::loopback(),
             )?);
         }
     }
@@ -375,13 +471,26 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn generate(path: &Path, total: u64, segment: u64) -> Result<FileLog, Failure> {
-    let mut log =
-        FileLog::create(path, segment).context(format_args!("creating {}", path.display()))?;
+/// The master's store: `total` bytes of random data, or with `records` of RocketMQ messages
+/// in a RocketMQ-format store.
+fn generate(path: &Path, total: u64, segment: u64, records: bool) -> Result<FileLog, Failure> {
+    let format = if records {
+        StoreFormat::RocketMq
+    } else {
+        StoreFormat::Raw
+    };
+    let mut log = FileLog::create_in(path, segment, format)
+        .context(format_args!("creating {}", path.display()))?;
     let mut generator = Generator::new(0xBE7C);
+    let mut messages = crate::records::Records::new(segment, 0, 1024);
     while log.max_offset() < total {
         let n = (total - log.max_offset()).min(4 << 20);
-        log.append_at_end(&generator.bytes(n))
+        let data = if records {
+            messages.bytes(n).map_err(Failure)?
+        } else {
+            generator.bytes(n)
+        };
+        log.append_at_end(&data)
             .context("writing the master store")?;
     }
     Ok(log)
@@ -419,6 +528,41 @@ impl LogSource for Prefix {
 
 fn loopback_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Where a benchmark's child processes run and what the benchmark binds to reach them: this
+/// network namespace over loopback (the default), or the far end of a link (`--link`).
+#[derive(Clone, Debug)]
+pub(super) struct Peers {
+    bind: std::net::IpAddr,
+    netns: Option<String>,
+}
+
+impl Peers {
+    pub(super) fn loopback() -> Peers {
+        Peers {
+            bind: loopback_addr().ip(),
+            netns: None,
+        }
+    }
+
+    /// Listeners bind here (any port).
+    pub(super) fn bind_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, 0)
+    }
+
+    /// A command running this program where the peers run.
+    pub(super) fn command(&self) -> Result<std::process::Command, Failure> {
+        let exe = std::env::current_exe().context("finding this program")?;
+        Ok(match &self.netns {
+            None => std::process::Command::new(exe),
+            Some(ns) => {
+                let mut command = std::process::Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(exe);
+                command
+            }
+        })
+    }
 }
 
 /// Polls `done` every millisecond until it holds; fails after [`PHASE_LIMIT`] or when a driver

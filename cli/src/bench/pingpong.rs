@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::latency::Child;
-use super::loopback_addr;
+use super::Peers;
 use crate::size::Size;
 use crate::{Context, Failure, Generator};
 
@@ -20,11 +20,17 @@ pub(super) struct PingPong {
     pub(super) percentiles: [f64; 4],
 }
 
-pub(super) fn ping_pong(sizes: &[Size], messages: usize) -> Result<Vec<PingPong>, Failure> {
-    let listener = TcpListener::bind(loopback_addr()).context("binding the ping-pong listener")?;
+pub(super) fn ping_pong(
+    sizes: &[Size],
+    messages: usize,
+    peers: &Peers,
+) -> Result<Vec<PingPong>, Failure> {
+    let listener =
+        TcpListener::bind(peers.bind_addr()).context("binding the ping-pong listener")?;
     let addr = listener.local_addr().context("the ping-pong address")?;
     let _child = Child(
-        std::process::Command::new(std::env::current_exe().context("finding this program")?)
+        peers
+            .command()?
             .args(["echo", "--connect", &addr.to_string()])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

@@ -195,6 +195,29 @@ pub enum FileLogError {
     /// could leave bytes on disk that were never part of the log, so the store refuses.
     #[error("an earlier failed write could not be rolled back; reopen the store to recover")]
     Poisoned,
+    /// An empty RocketMQ-format store was asked to start inside a segment. A broker reads every
+    /// segment file from its first byte and takes the zeros of such a hole for the end of the
+    /// log, dropping all that follows, so this format only starts on a segment boundary.
+    #[error(
+        "a RocketMQ-format store can only start on a segment boundary: {offset} is not a \
+         multiple of the segment size {segment_size} (is the master's segment size another?)"
+    )]
+    UnalignedStart {
+        /// The offset asked for.
+        offset: u64,
+        /// The store's segment size.
+        segment_size: u64,
+    },
+    /// The store exists in one format and was asked for in the other.
+    #[error("{}: the store is in {found} format, not {requested}", root.display())]
+    FormatMismatch {
+        /// The store directory.
+        root: PathBuf,
+        /// The format found on disk.
+        found: super::StoreFormat,
+        /// The format asked for.
+        requested: super::StoreFormat,
+    },
 }
 
 /// The reason a segment size is refused, for [`FileLogError::InvalidSegmentSize`].
@@ -243,7 +266,8 @@ impl From<FileLogError> for io::Error {
             | FileLogError::BelowRetained { .. }
             | FileLogError::AboveMax { .. }
             | FileLogError::NotContiguous { .. }
-            | FileLogError::OffsetOverflow { .. } => io::ErrorKind::InvalidInput,
+            | FileLogError::OffsetOverflow { .. }
+            | FileLogError::UnalignedStart { .. } => io::ErrorKind::InvalidInput,
             FileLogError::Poisoned => io::ErrorKind::Other,
             _ => io::ErrorKind::InvalidData,
         };

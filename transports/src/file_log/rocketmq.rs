@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -32,6 +32,14 @@ pub const ROCKETMQ_LOCK_FILE: &str = "lock";
 
 /// RocketMQ's checkpoint file, in the store root (4 KiB of big-endian timestamps and offsets).
 pub const ROCKETMQ_CHECKPOINT_FILE: &str = "checkpoint";
+
+/// RocketMQ's crash marker, in the store root: a broker creates it when it starts and deletes it
+/// when it shuts down cleanly, and one that finds it at start recovers "abnormally" (walking the
+/// records from a segment its checkpoint picks rather than only the last three).
+pub const ROCKETMQ_ABORT_FILE: &str = "abort";
+
+/// The size of RocketMQ's `checkpoint` file: one page, mapped whole by the broker.
+pub const ROCKETMQ_CHECKPOINT_LEN: usize = 4096;
 
 /// How many of the last segment files the recovery walk checks (RocketMQ's normal recovery).
 pub const RECOVERY_SEGMENTS: usize = 3;
@@ -182,4 +190,61 @@ pub(super) fn walk(segments: &BTreeMap<u64, Bytes>, segment_size: u64) -> Record
         }
     }
     result
+}
+
+/// Writes RocketMQ's `checkpoint` for a store we create, unless one exists (a broker's own is
+/// kept as it is).
+///
+/// Every field is zero: `physicMsgTimestamp`, `logicsMsgTimestamp`, `indexMsgTimestamp`, and
+/// 5.x's `masterFlushedOffset` and `confirmPhyOffset`. That is what a new broker has, and it is
+/// the safe choice for a store without consume queues: after a crash (an `abort` file) the
+/// broker picks the first segment whose first message is older than the smaller of the first
+/// two timestamps, less three seconds; with zeros none is, so it walks and dispatches the log
+/// from its first segment. Without `abort` it checks the last three segments, as we do.
+pub(super) fn write_checkpoint_if_missing(root: &Path) -> Result<(), FileLogError> {
+    let path = root.join(ROCKETMQ_CHECKPOINT_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = root.join("checkpoint.ha-tmp");
+    let write = || -> io::Result<()> {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&[0u8; ROCKETMQ_CHECKPOINT_LEN])?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(root)?.sync_all()
+    };
+    write().map_err(|e| FileLogError::io("write", &path, e))
+}
+
+/// Creates RocketMQ's `abort` marker before the first write of this process, so that a broker
+/// started on the store after we crash recovers it as after its own crash. Returns whether we
+/// created it: a marker that was there already (a broker crashed before us) is not ours to
+/// remove.
+pub(super) fn mark_abort(root: &Path) -> Result<bool, FileLogError> {
+    let path = root.join(ROCKETMQ_ABORT_FILE);
+    match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(_) => {
+            File::open(root)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|e| FileLogError::io("fsync", root, e))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(FileLogError::io("create", &path, e)),
+    }
+}
+
+/// Removes the `abort` marker we created, once everything is synced: the store was closed
+/// cleanly, so a broker may take the quick (normal) recovery.
+pub(super) fn clear_abort(root: &Path) -> Result<(), FileLogError> {
+    let path = root.join(ROCKETMQ_ABORT_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(FileLogError::io("delete", &path, e)),
+    }
+    File::open(root)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| FileLogError::io("fsync", root, e))
 }

@@ -13,11 +13,13 @@ use event_listener::Event;
 use futures_lite::FutureExt;
 use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{
-    AckPolicy, Config, ConnectionId, ConnectionState, LogError, LogSink, MasterEvent, MasterLoop,
-    MasterService, SyncError, Ticket,
+    AckPolicy, Admission, Config, ConnectionId, ConnectionState, Decision, LogError, LogSink,
+    LogSource, MasterEvent, MasterLoop, MasterService, Refusal, SyncError, Ticket, Traffic,
 };
+use tracing::Span;
 
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
+use crate::observe::{CloseReason, TrafficCell};
 use crate::Error;
 
 /// One connected slave, as the master sees it.
@@ -34,6 +36,10 @@ pub struct SlaveInfo {
     pub acked: Option<u64>,
     /// The connection's state (§3.10): `Transfer` while it is listed.
     pub state: ConnectionState,
+    /// When the connection was accepted.
+    pub connected_at: Instant,
+    /// Bytes and frames moved so far on this connection.
+    pub traffic: Traffic,
 }
 
 /// A slave connection that ended, and why.
@@ -46,6 +52,56 @@ pub struct ClosedConnection {
     pub peer: SocketAddr,
     /// `None` when the slave closed cleanly (EOF) or the master shut down.
     pub error: Option<Error>,
+    /// The kind of end: a slave that exits is [`CloseReason::PeerClosed`], not an error, even
+    /// when its exit reached the master as a broken pipe.
+    pub reason: CloseReason,
+    /// The offset the slave asked for, if it ever reported.
+    pub requested: Option<u64>,
+    /// What the connection moved over its life.
+    pub traffic: Traffic,
+}
+
+/// Counts over the master's life, closed connections included.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive] // e.g. refused before a byte was read, once access control comes
+pub struct MasterTotals {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Closed connections by reason.
+    pub closes: BTreeMap<CloseReason, u64>,
+    /// Bytes and frames of every connection, live and closed.
+    pub traffic: Traffic,
+}
+
+/// One live connection, as the master's shared state keeps it.
+struct Peer {
+    addr: SocketAddr,
+    requested: Option<u64>,
+    connected_at: Instant,
+    traffic: Arc<TrafficCell>,
+}
+
+/// A connection the master closed as it arrived, without reading from it (see
+/// [`MasterHandle::set_admission`]). Only the refusals the [`Admission`] policy deems worth
+/// reporting are kept: the first from each peer not allowed, the first each time the
+/// connection limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive] // e.g. when it happened
+pub struct RefusedConnection {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Why it was refused.
+    pub reason: Refusal,
+}
+
+/// What a driver does with a socket it accepted.
+pub(crate) enum Accepted<L> {
+    /// Serve it; dropping the guard unregisters it.
+    Serve(ConnectionGuard<L>),
+    /// Close it now, unread.
+    Refuse,
+    /// The master is shutting down.
+    ShutDown,
 }
 
 /// The master's shared state, given to a driver and kept by the user: the commit log, the
@@ -75,12 +131,18 @@ struct MasterState {
     service: MasterService,
     /// The flow-control setting.
     rate_limit: Option<RateLimit>,
-    peers: BTreeMap<ConnectionId, (SocketAddr, Option<u64>)>,
+    peers: BTreeMap<ConnectionId, Peer>,
     /// Completed waits not yet collected by their waiter.
     done: HashMap<Ticket, Result<(), SyncError>>,
     /// Waits whose waiter went away (a cancelled future); their completion is dropped.
     abandoned: HashSet<Ticket>,
     closed: VecDeque<ClosedConnection>,
+    /// Who may connect, and how many at once.
+    admission: Admission,
+    /// Refusals to report, oldest first.
+    refused: VecDeque<RefusedConnection>,
+    /// Counts of connections that closed; live ones are added when asked.
+    totals: MasterTotals,
 }
 
 impl MasterState {
@@ -129,6 +191,9 @@ impl<L> MasterHandle<L> {
                     done: HashMap::new(),
                     abandoned: HashSet::new(),
                     closed: VecDeque::new(),
+                    admission: Admission::new(),
+                    refused: VecDeque::new(),
+                    totals: MasterTotals::default(),
                 }),
                 changed: Event::new(),
                 stop: Stop::default(),
@@ -153,14 +218,27 @@ impl<L> MasterHandle<L> {
         state
             .peers
             .iter()
-            .map(|(&id, &(peer, requested))| SlaveInfo {
+            .map(|(&id, peer)| SlaveInfo {
                 id,
-                peer,
-                requested,
+                peer: peer.addr,
+                requested: peer.requested,
                 acked: state.service.ack_of(id),
                 state: ConnectionState::Transfer,
+                connected_at: peer.connected_at,
+                traffic: peer.traffic.load(),
             })
             .collect()
+    }
+
+    /// Counts over the master's life: connections accepted, closes by reason, and the traffic
+    /// of every connection, closed and live.
+    pub fn totals(&self) -> MasterTotals {
+        let state = lock(&self.inner.state);
+        let mut totals = state.totals.clone();
+        for peer in state.peers.values() {
+            totals.traffic = totals.traffic.saturating_add(peer.traffic.load());
+        }
+        totals
     }
 
     /// The highest offset any slave ever acknowledged (`push2SlaveMaxOffset`).
@@ -178,8 +256,27 @@ impl<L> MasterHandle<L> {
         lock(&self.inner.state).closed.drain(..).collect()
     }
 
+    /// Sets who may connect and how many connections are served at once; it applies to
+    /// connections accepted from now on (the ones being served stay). Every driver asks it
+    /// before reading a byte from a new socket, and closes the socket at once when refused.
+    /// The default admits everyone, as RocketMQ does.
+    pub fn set_admission(&self, admission: Admission) {
+        lock(&self.inner.state).admission = admission;
+    }
+
+    /// How many connections were refused since the last [`set_admission`](Self::set_admission).
+    pub fn refused_count(&self) -> u64 {
+        lock(&self.inner.state).admission.refused()
+    }
+
+    /// Takes the refusals worth reporting since the last call (at most the last 64; see
+    /// [`RefusedConnection`]).
+    pub fn take_refused(&self) -> Vec<RefusedConnection> {
+        lock(&self.inner.state).refused.drain(..).collect()
+    }
+
     /// Blocks until `pred` holds or `deadline` passes; `pred` is re-checked whenever a slave
-    /// acknowledges, connects or disconnects. Returns whether it held.
+    /// acknowledges, connects or disconnects, and whenever a connection is refused. Returns whether it held.
     pub fn wait_until_blocking(
         &self,
         deadline: Instant,
@@ -299,7 +396,7 @@ impl<L> MasterHandle<L> {
     /// The state of the connections from `ip`: `Transfer` if one is live, else `Shutdown`.
     pub fn connection_state_of(&self, ip: IpAddr) -> ConnectionState {
         let state = lock(&self.inner.state);
-        if state.peers.values().any(|(peer, _)| peer.ip() == ip) {
+        if state.peers.values().any(|peer| peer.addr.ip() == ip) {
             ConnectionState::Transfer
         } else {
             ConnectionState::Shutdown
@@ -329,26 +426,64 @@ impl<L> MasterHandle<L> {
         &self.inner.stop
     }
 
-    /// Registers a socket the driver accepted from `peer` with the service; `None` once shut
-    /// down. Dropping the guard unregisters it.
-    pub(crate) fn register_accepted(&self, peer: SocketAddr) -> Option<ConnectionGuard<L>> {
+    /// Registers a socket the driver accepted from `peer` with the service, if the admission
+    /// policy lets it in. Dropping the guard unregisters it.
+    pub(crate) fn register_accepted(&self, peer: SocketAddr) -> Accepted<L> {
+        let traffic = Arc::new(TrafficCell::default());
         let id = {
             let mut state = lock(&self.inner.state);
             if self.is_shut_down() {
-                return None;
+                return Accepted::ShutDown;
             }
-            let id = state.service.register(Instant::now());
-            state.peers.insert(id, (peer, None));
+            let live = state.peers.len();
+            if let Decision::Refuse { reason, report } = state.admission.decide(peer.ip(), live) {
+                if report {
+                    if state.refused.len() == HISTORY {
+                        state.refused.pop_front();
+                    }
+                    state.refused.push_back(RefusedConnection { peer, reason });
+                }
+                drop(state);
+                // Waiters may be counting refusals.
+                self.inner.changed.notify(usize::MAX);
+                return Accepted::Refuse;
+            }
+            let now = Instant::now();
+            let id = state.service.register(now);
+            state.peers.insert(
+                id,
+                Peer {
+                    addr: peer,
+                    requested: None,
+                    connected_at: now,
+                    traffic: Arc::clone(&traffic),
+                },
+            );
+            state.totals.accepted += 1;
             self.inner.rate_generation.fetch_add(1, Ordering::SeqCst);
             id
         };
         self.inner.changed.notify(usize::MAX);
-        Some(ConnectionGuard {
+        let span = tracing::info_span!("serving", peer = %peer, id = id.get());
+        tracing::info!(parent: &span, "slave connected");
+        Accepted::Serve(ConnectionGuard {
             master: self.clone(),
             id,
             peer,
             error: Mutex::new(None),
+            span,
+            traffic,
+            published: Mutex::new(Traffic::default()),
         })
+    }
+}
+
+impl<L: LogSource> MasterHandle<L> {
+    /// Slaves in sync now: live connections whose ack is less than `max_gap_not_in_sync`
+    /// behind the log's end (RocketMQ 5's in-sync replicas, less the master itself).
+    pub fn in_sync_count(&self) -> usize {
+        let end = self.inner.log.max_offset();
+        lock(&self.inner.state).service.in_sync_count(end)
     }
 }
 
@@ -424,6 +559,11 @@ pub(crate) struct ConnectionGuard<L> {
     id: ConnectionId,
     peer: SocketAddr,
     error: Mutex<Option<Error>>,
+    /// The connection's span: the explicit parent of its events.
+    span: Span,
+    traffic: Arc<TrafficCell>,
+    /// The traffic last published, to tell frames sent since (for `trace` events).
+    published: Mutex<Traffic>,
 }
 
 impl<L> ConnectionGuard<L> {
@@ -452,8 +592,10 @@ impl<L> ConnectionGuard<L> {
         machine.set_rate_limit(Instant::now(), rate);
     }
 
-    /// Forwards the loop's events to the service and wakes waiters (run-loop step 2).
+    /// Publishes the loop's traffic, forwards its events to the service and wakes waiters
+    /// (run-loop step 2). Drivers call it after every read and every write.
     pub(crate) fn forward(&self, machine: &mut MasterLoop) {
+        self.publish(machine.traffic());
         let Some(mut event) = machine.poll_event() else {
             return;
         };
@@ -461,10 +603,17 @@ impl<L> ConnectionGuard<L> {
             let now = Instant::now();
             let mut state = lock(&self.master.inner.state);
             loop {
-                if let MasterEvent::Started { requested, .. } = event {
-                    if let Some(peer) = state.peers.get_mut(&self.id) {
-                        peer.1 = Some(requested);
+                match event {
+                    MasterEvent::Started { requested, start } => {
+                        if let Some(peer) = state.peers.get_mut(&self.id) {
+                            peer.requested = Some(requested);
+                        }
+                        tracing::info!(parent: &self.span, requested, start, "transfer starts");
                     }
+                    MasterEvent::Acked { offset } => {
+                        tracing::trace!(parent: &self.span, offset, "ack");
+                    }
+                    _ => {}
                 }
                 state.service.handle_event(self.id, now, &event);
                 match machine.poll_event() {
@@ -477,6 +626,24 @@ impl<L> ConnectionGuard<L> {
         self.master.inner.changed.notify(usize::MAX);
     }
 
+    /// Makes `traffic` visible to [`MasterHandle::slaves`]; frames sent since the last call are
+    /// `trace` events.
+    fn publish(&self, traffic: Traffic) {
+        self.traffic.store(traffic);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let mut published = lock(&self.published);
+            if traffic.frames_out > published.frames_out {
+                tracing::trace!(
+                    parent: &self.span,
+                    frames = traffic.frames_out - published.frames_out,
+                    bytes = traffic.bytes_out - published.bytes_out,
+                    "sent"
+                );
+            }
+            *published = traffic;
+        }
+    }
+
     /// Records why the connection is closing; the first reason wins.
     pub(crate) fn fail(&self, error: Error) {
         lock(&self.error).get_or_insert(error);
@@ -486,10 +653,32 @@ impl<L> ConnectionGuard<L> {
 impl<L> Drop for ConnectionGuard<L> {
     fn drop(&mut self) {
         let error = lock(&self.error).take();
+        let reason = CloseReason::classify(error.as_ref(), self.master.is_shut_down());
+        let traffic = self.traffic.load();
+        let (sent, received) = (traffic.bytes_out, traffic.bytes_in);
+        let span = &self.span;
+        let label = reason.label();
+        match (&error, reason) {
+            (_, CloseReason::Shutdown) => {
+                tracing::info!(parent: span, reason = label, sent, received,
+                    "slave connection closed: the master is stopping");
+                // Whatever the socket said after our own stop is no news.
+                if let Some(e) = &error {
+                    tracing::debug!(parent: span, "{e}");
+                }
+            }
+            (Some(e), _) if reason.is_error() => tracing::warn!(parent: span, reason = label,
+                sent, received, "slave connection closed: {e}"),
+            // A slave's exit may reach us as a broken pipe or a reset: say so, at info.
+            (Some(e), _) => tracing::info!(parent: span, reason = label, sent, received,
+                "slave connection {reason} ({e})"),
+            (None, _) => tracing::info!(parent: span, reason = label, sent, received,
+                "slave connection {reason}"),
+        }
         {
             let mut state = lock(&self.master.inner.state);
             state.service.remove(self.id, Instant::now());
-            state.peers.remove(&self.id);
+            let requested = state.peers.remove(&self.id).and_then(|p| p.requested);
             self.master
                 .inner
                 .rate_generation
@@ -497,10 +686,15 @@ impl<L> Drop for ConnectionGuard<L> {
             if state.closed.len() == HISTORY {
                 state.closed.pop_front();
             }
+            *state.totals.closes.entry(reason).or_insert(0) += 1;
+            state.totals.traffic = state.totals.traffic.saturating_add(traffic);
             state.closed.push_back(ClosedConnection {
                 id: self.id,
                 peer: self.peer,
                 error,
+                reason,
+                requested,
+                traffic,
             });
         }
         self.master.inner.changed.notify(usize::MAX);

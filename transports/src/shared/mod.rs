@@ -5,14 +5,16 @@
 //! Nothing here knows about sockets beyond closing them, and nothing here makes a protocol
 //! decision: the machines do. This module only moves their outputs to where they are needed.
 
+mod dial;
 mod log;
 mod master;
 mod slave;
 mod stop;
 
+pub(crate) use dial::resolve_on_thread;
 pub use log::SharedLog;
-pub(crate) use master::ConnectionGuard;
-pub use master::{ClosedConnection, MasterHandle, SlaveInfo};
+pub(crate) use master::{Accepted, ConnectionGuard};
+pub use master::{ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SlaveInfo};
 pub(crate) use slave::SlaveDriver;
 pub use slave::{SlaveHandle, SlaveStatus};
 pub(crate) use stop::Stop;

@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rocketmq_ha::{
-    ClientError, ClientEvent, Config, ConnectionState, LogSink, PendingReport, SlaveLoop,
+    ClientError, ClientEvent, Config, ConnectionState, LogSink, PendingReport, SlaveLoop, Traffic,
     REJECTIONS_TO_REPORT,
 };
+use tracing::Span;
 
+use super::dial::resolve_blocking;
 use super::{block_until, lock, until, SharedLog, Stop, HISTORY};
+use crate::observe::CloseReason;
 use crate::Error;
 
 /// What a slave driver has done so far.
@@ -40,6 +43,10 @@ pub struct SlaveStatus {
     /// The connection's state (§3.10): `Ready`, `Transfer` while connected, `Shutdown` once
     /// the handle was shut down.
     pub state: ConnectionState,
+    /// Connections the master ended cleanly (EOF): not counted in `failures`.
+    pub closed_by_master: u64,
+    /// Bytes and frames moved so far, over every connection.
+    pub traffic: Traffic,
 }
 
 /// The slave's shared state, given to a driver and kept by the user: the local commit log, the
@@ -55,6 +62,10 @@ struct SlaveInner<L> {
     log: SharedLog<L>,
     config: Config,
     master: SocketAddr,
+    /// The master as `HOST:PORT`, resolved again before every dial; `None`: dial `master`.
+    host: Option<String>,
+    /// The address of the last dial (`master` until the first).
+    dialed: Mutex<SocketAddr>,
     seed: u64,
     state: Mutex<SlaveState>,
     stop: Stop,
@@ -91,13 +102,36 @@ impl<L> SlaveHandle<L> {
         Self::with_seed(master, SharedLog::new(log), config, seed)
     }
 
+    /// A slave replicating from the master at `host` (`HOST:PORT`, a name or an address) into
+    /// `log`. The name is resolved now, so that a typo fails at once, and again before every
+    /// dial, so that a master that moved (a DNS name re-pointed after a fail-over) is found at
+    /// the next reconnect; each dial tries the addresses in the resolver's order.
+    pub fn with_host(host: &str, log: L, config: Config) -> Result<Self, Error> {
+        let first = resolve_blocking(host)?[0];
+        let seed = RandomState::new().hash_one(host);
+        let host = Some(host.to_owned());
+        Ok(Self::build(first, host, SharedLog::new(log), config, seed))
+    }
+
     /// A slave replicating into an already shared log, with a fixed reconnect jitter `seed`.
     pub fn with_seed(master: SocketAddr, log: SharedLog<L>, config: Config, seed: u64) -> Self {
+        Self::build(master, None, log, config, seed)
+    }
+
+    fn build(
+        master: SocketAddr,
+        host: Option<String>,
+        log: SharedLog<L>,
+        config: Config,
+        seed: u64,
+    ) -> Self {
         SlaveHandle {
             inner: Arc::new(SlaveInner {
                 log,
                 config,
                 master,
+                host,
+                dialed: Mutex::new(master),
                 seed,
                 state: Mutex::new(SlaveState::default()),
                 stop: Stop::default(),
@@ -115,9 +149,15 @@ impl<L> SlaveHandle<L> {
         self.inner.config
     }
 
-    /// The master's address.
+    /// The master's address: the one last dialed (a host name may resolve to another at
+    /// each dial, see [`with_host`](Self::with_host)).
     pub fn master(&self) -> SocketAddr {
-        self.inner.master
+        *lock(&self.inner.dialed)
+    }
+
+    /// The master's `HOST:PORT` when the slave resolves it before each dial.
+    pub fn master_host(&self) -> Option<&str> {
+        self.inner.host.as_deref()
     }
 
     /// Connection state and counters.
@@ -189,15 +229,29 @@ pub(crate) struct SlaveDriver<L> {
     /// Whether the current connection has not stored anything yet (for
     /// [`SlaveStatus::first_stored_at`]).
     first_store_pending: bool,
+    /// The current connection's span (the dial's, between connections).
+    span: Span,
+    /// The span of dials: `master{addr}`.
+    dial_span: Span,
+    /// Dials failed in a row: only the first is a warning, so a master that is down for an
+    /// hour does not fill the log (the status line says "connecting" meanwhile).
+    failed_dials: u32,
+    /// Frames received as last logged, for `trace` events of the frames since.
+    logged_frames: u64,
 }
 
 impl<L: LogSink> SlaveDriver<L> {
     pub(crate) fn new(handle: SlaveHandle<L>) -> Self {
         let lp = SlaveLoop::new(handle.inner.config, handle.inner.seed, Instant::now());
+        let span = tracing::info_span!("replicating", master = %handle.inner.master);
         SlaveDriver {
             handle,
             lp,
             first_store_pending: false,
+            dial_span: span.clone(),
+            span,
+            failed_dials: 0,
+            logged_frames: 0,
         }
     }
 
@@ -228,7 +282,7 @@ impl<L: LogSink> SlaveDriver<L> {
         }
         while let Some(event) = self.lp.poll_event() {
             if let ClientEvent::Rejected { offset, closes } = event {
-                let addr = self.handle.inner.master;
+                let addr = self.handle.master();
                 self.sync_status(Some(Error::Rejected {
                     addr,
                     offset,
@@ -236,6 +290,24 @@ impl<L: LogSink> SlaveDriver<L> {
                 }));
             }
         }
+    }
+
+    /// The addresses to dial now, in order: the host name resolved again, or the address.
+    pub(crate) fn dial_addresses_blocking(&self) -> Result<Vec<SocketAddr>, Error> {
+        match &self.handle.inner.host {
+            Some(host) => resolve_blocking(host),
+            None => Ok(vec![self.handle.inner.master]),
+        }
+    }
+
+    /// The host to resolve before dialing, if any (async drivers resolve off their thread).
+    pub(crate) fn dial_host(&self) -> Option<String> {
+        self.handle.inner.host.clone()
+    }
+
+    /// The address the dial is trying now (for status and error messages).
+    pub(crate) fn dialing(&self, addr: SocketAddr) {
+        *lock(&self.handle.inner.dialed) = addr;
     }
 
     /// Whether to dial now (see [`SlaveLoop::poll_dial`]).
@@ -247,13 +319,20 @@ impl<L: LogSink> SlaveDriver<L> {
     /// The dial succeeded: start a connection from the local log's max offset.
     pub(crate) fn connected(&mut self) {
         self.first_store_pending = true;
+        self.failed_dials = 0;
         let max = self.handle.inner.log.max_offset();
+        let connection = lock(&self.handle.inner.state).status.connections + 1;
+        self.span =
+            tracing::info_span!("replicating", master = %self.handle.inner.master, connection);
+        tracing::info!(parent: &self.span, "connected; reporting offset {max}");
         self.lp.handle_connected(Instant::now(), max);
         self.sync_status(None);
     }
 
     /// The dial failed.
     pub(crate) fn connect_failed(&mut self, error: Error) {
+        self.span = self.dial_span.clone();
+        self.failed_dials = self.failed_dials.saturating_add(1);
         self.lp.handle_connect_failed(Instant::now());
         self.sync_status(Some(error));
     }
@@ -261,6 +340,10 @@ impl<L: LogSink> SlaveDriver<L> {
     /// The connection ended: EOF (`None`) or an I/O error.
     pub(crate) fn closed(&mut self, error: Option<Error>) {
         self.lp.handle_closed(Instant::now());
+        if error.is_none() && !self.handle.is_shut_down() {
+            lock(&self.handle.inner.state).status.closed_by_master += 1;
+            tracing::info!(parent: &self.span, "the master closed the connection");
+        }
         self.sync_status(error);
     }
 
@@ -300,6 +383,14 @@ impl<L: LogSink> SlaveDriver<L> {
         let result = self.lp.handle_read(Instant::now(), n);
         self.check(result);
         self.store();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let frames = self.lp.traffic().frames_in;
+            if frames > self.logged_frames {
+                let stored = self.lp.client().stored_offset();
+                tracing::trace!(parent: &self.span, frames = frames - self.logged_frames, bytes = n, stored, "received");
+                self.logged_frames = frames;
+            }
+        }
     }
 
     /// Handles the deadline if it has passed. Drivers call this on every turn of their loop, not
@@ -314,9 +405,11 @@ impl<L: LogSink> SlaveDriver<L> {
     /// The deadline passed (or the driver woke early).
     pub(crate) fn on_timeout(&mut self) {
         let result = self.lp.handle_timeout(Instant::now());
-        let addr = self.handle.inner.master;
+        let addr = self.handle.master();
         match result {
             Err(ClientError::ConnectTimeout { after }) => {
+                self.span = self.dial_span.clone();
+                self.failed_dials = self.failed_dials.saturating_add(1);
                 self.sync_status(Some(Error::ConnectTimeout { addr, after }))
             }
             other => self.check(other),
@@ -334,6 +427,7 @@ impl<L: LogSink> SlaveDriver<L> {
     /// when anything changed.
     fn sync_status(&self, error: Option<Error>) {
         let connected = self.lp.is_connected();
+        let traffic = self.lp.traffic();
         let client = self.lp.client();
         let connection_state = client.connection_state();
         let (local_failures, rejected) = (
@@ -350,6 +444,7 @@ impl<L: LogSink> SlaveDriver<L> {
                 status.first_stored_at = None;
             }
             status.connected = connected;
+            status.traffic = traffic;
             status.local_failures = local_failures;
             status.rejected = rejected;
             if status.state != ConnectionState::Shutdown {
@@ -357,13 +452,34 @@ impl<L: LogSink> SlaveDriver<L> {
             }
             let recorded = error.is_some();
             if let Some(error) = error {
+                let reason =
+                    CloseReason::classify(Some(&error), status.state == ConnectionState::Shutdown);
+                if reason == CloseReason::Shutdown {
+                    // Whatever the socket said after our own stop is no news.
+                    tracing::info!(parent: &self.span, "connection closed: the slave is stopping");
+                    tracing::debug!(parent: &self.span, "{error}");
+                } else if reason.is_error() && self.failed_dials > 1 {
+                    tracing::debug!(
+                        parent: &self.span,
+                        reason = reason.label(),
+                        failed_dials = self.failed_dials,
+                        "{error}"
+                    );
+                } else if reason.is_error() {
+                    tracing::warn!(parent: &self.span, reason = reason.label(), "{error}");
+                } else {
+                    tracing::info!(parent: &self.span, reason = reason.label(), "{error}");
+                }
                 status.failures += 1;
                 if state.errors.len() == HISTORY {
                     state.errors.pop_front();
                 }
                 state.errors.push_back(error);
             }
-            recorded || state.status != before
+            // Traffic alone is no change worth waking waiters for: the log's growth wakes them.
+            let mut compared = state.status;
+            compared.traffic = before.traffic;
+            recorded || compared != before
         };
         if changed {
             self.handle.inner.log.notify();
