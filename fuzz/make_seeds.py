@@ -323,7 +323,67 @@ def record_walk_seeds():
           + extra + u8(5) + bytes(range(40)))
 
 
+def autoswitch_client_seeds():
+    """Programs for fuzz/src/autoswitch_client.rs (setup, then one op byte per step)."""
+    def setup(epochs=b"\x00", log_len=b""):
+        # 4 MiB frames, broker id 2, no flags, the local epoch list, the log, the seed.
+        return u8(2, 2, 0, 0) + epochs + log_len + u64(1)
+
+    connect = u8(4, 1) + u8(6)
+    read = u8(3, 199)
+
+    def frame(length, expected=True, epoch=1, start=0, confirm=None):
+        body = u8(length) + bytes(range(length))
+        where = u8(2) if expected else u8(1) + u16(0)
+        conf = u8(0) if confirm is None else u8(1) + u16(confirm)
+        return u8(2) + body + where + u8(epoch) + u16(start) + conf
+
+    # A new replica: answer (1, 0), (2, 50), max 100; frames across the epoch change.
+    data = (setup() + connect + u8(1) + u16(100) + u8(2, 0, 0) + u16(49) + read + u8(6)
+            + frame(30, confirm=0) + frame(20, confirm=30) + frame(10, epoch=2, start=50,
+                                                                    confirm=50)
+            + read + u8(4, 1) + u8(6) + u8(5) + u16(6000) + u8(6) + u8(8) + read)
+    write("autoswitch_client", "new-replica-streams", data)
+    # A diverged log: local (1, 0), (2, 100) with 150 bytes; master (1, 0), (3, 120), max 200.
+    data = (setup(u8(2, 0, 0) + u16(99), u16(50)) + connect + u8(1) + u16(200)
+            + u8(2, 0, 1) + u16(119) + read + u8(4, 1) + u8(6)
+            + frame(20, epoch=1, start=0, confirm=100) + frame(30, epoch=3, start=120,
+                                                               confirm=150)
+            + read + u8(4, 1) + u8(6))
+    write("autoswitch_client", "diverged-log-truncates", data)
+    # Hostile bytes, silence, disconnects, failed dials.
+    data = (setup(u8(1, 0), u16(10)) + connect + u8(0, 20) + b"\xff" * 20 + read
+            + u8(5) + u16(29000) + u8(4, 1) + u8(6) + u8(7) + u8(5) + u16(20000) + u8(4, 0)
+            + u8(5) + u16(20000) + u8(4, 1) + u8(6) + u8(1) + u16(10) + u8(0) + read
+            + u8(6) + frame(5, expected=False) + read)
+    write("autoswitch_client", "hostile-bytes-silence-and-redials", data)
+
+
+def autoswitch_master_seeds():
+    """Programs for fuzz/src/autoswitch_master.rs (setup, then one op byte per step)."""
+    poll_write = u8(7, 1) + u16(100) + u8(8) + u16(3999)
+
+    # Batch 64, 256-byte segments, 300 bytes: epochs change while a slave streams.
+    data = (u8(63, 0, 2) + u16(300) + u8(1, 0, 0, 2) + u8(7, 0) + u8(8) + u16(3999)
+            + u8(2, 0) + poll_write * 6 + u8(4, 0) + u8(3) + u16(500) + u8(7)
+            + poll_write * 12 + u8(6) + u16(6000) + poll_write)
+    write("autoswitch_master", "epochs-and-segments", data)
+    # Retention, a last-file slave, a request in range, a second handshake, then a request
+    # out of range.
+    data = (u8(255, 15, 0) + u16(1000) + u8(5) + u16(500) + u8(1, 1, 0, 3) + u8(7, 0)
+            + u8(8) + u16(3999) + u8(2, 1) + u16(700) + poll_write * 5 + u8(1, 0, 1, 3)
+            + u8(7, 0) + u8(8) + u16(3999) + u8(2, 2) + u16(5000) + poll_write)
+    write("autoswitch_master", "retention-requests-rehandshake", data)
+    # Partial writes, silence, then an illegal state.
+    data = (u8(10, 3, 4) + u16(2000) + u8(1, 0, 0, 9) + u8(7, 0) + u8(8) + u16(3)
+            + u8(8) + u16(3999) + u8(2, 0) + u8(7, 0) + u8(8) + u16(5) + u8(6) + u16(9000)
+            + u8(8) + u16(3999) + u8(0, 12) + bytes([0, 0, 0, 3] + [0] * 8))
+    write("autoswitch_master", "partial-writes-and-illegal-state", data)
+
+
 if __name__ == "__main__":
+    autoswitch_client_seeds()
+    autoswitch_master_seeds()
     client_seeds()
     master_seeds()
     waiters_seeds()

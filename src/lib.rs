@@ -21,6 +21,7 @@
 //! | `CommitLog` | [`LogSource`], [`LogSink`], [`MemoryLog`] | what the machines read and append |
 //! | `MessageStoreConfig` | [`Config`] | timers and sizes with RocketMQ's defaults (§6) |
 //! | (none: Java admits anyone) | [`Admission`] | who may connect to a master, and how many at once |
+//! | controller mode (`AutoSwitchHA*`, `EpochFileCache`) | [`autoswitch`] | RocketMQ 5's AutoSwitch replication: epochs, truncation, sync-state set (§5) |
 //!
 //! Section numbers (§) refer to the protocol as this crate implements it: the [`protocol`]
 //! page (`docs/protocol.md` in the repository).
@@ -100,6 +101,7 @@
 
 mod ack_policy;
 pub mod admission;
+pub mod autoswitch;
 mod backoff;
 mod client;
 mod config;
@@ -126,7 +128,7 @@ pub use client::{ClientEvent, HaClient, REJECTIONS_TO_REPORT};
 pub use config::{Config, ConfigBuilder, StartPosition};
 pub use connection_state::ConnectionState;
 pub use error::{ClientError, ConfigError, LogError, MasterError, SyncError, WireError};
-pub use log::{segment_start, LogSink, LogSource, MemoryLog};
+pub use log::{segment_start, LogSink, LogSource, LogTruncate, MemoryLog};
 pub use master::{MasterConnection, MasterEvent, Transmit};
 pub use master_loop::MasterLoop;
 pub use service::{ConnectionId, MasterService, SyncCompletion, Ticket};

@@ -265,6 +265,29 @@ impl LogSource for MemoryLog {
     }
 }
 
+/// A log that can be cut back: an AutoSwitch slave whose log diverged from its new master's
+/// is truncated to the last point their epoch lists share (§5.4 step 3).
+pub trait LogTruncate: LogSink {
+    /// Drops every byte at or above `offset` and returns the new max offset; an `offset` at or
+    /// above the max changes nothing. A durable log must not bring the dropped bytes back after
+    /// a crash.
+    fn truncate_to(&mut self, offset: u64) -> Result<u64, LogError>;
+}
+
+impl LogTruncate for MemoryLog {
+    /// A cut below the oldest retained byte drops every byte, and the empty log then ends at
+    /// `offset` (an empty log accepts its next append anywhere).
+    fn truncate_to(&mut self, offset: u64) -> Result<u64, LogError> {
+        if offset < self.min {
+            self.chunks.clear();
+            self.min = offset;
+            self.max = offset;
+            return Ok(offset);
+        }
+        Ok(self.truncate(offset))
+    }
+}
+
 impl LogSink for MemoryLog {
     fn append(&mut self, offset: u64, data: Bytes) -> Result<u64, LogError> {
         if self.is_empty() {
@@ -337,6 +360,25 @@ mod tests {
         assert!(log.read(70, 10).unwrap().is_empty());
         log.push(pattern(70, 5));
         assert_eq!(log.copy_range(0, 75).unwrap(), pattern(0, 75));
+    }
+
+    #[test]
+    fn truncate_to_cuts_inside_a_chunk_and_at_a_segment_boundary() {
+        let mut log = MemoryLog::new(100);
+        log.push(pattern(0, 250));
+        assert_eq!(log.truncate_to(300).unwrap(), 250);
+        assert_eq!(log.truncate_to(137).unwrap(), 137);
+        assert!(matches!(log.read(137, 1), Ok(b) if b.is_empty()));
+        assert_eq!(log.truncate_to(100).unwrap(), 100);
+        assert_eq!(log.copy_range(0, 100).unwrap(), pattern(0, 100));
+        // The next append continues exactly there, with new bytes.
+        assert_eq!(log.append(100, Bytes::from(vec![7u8; 5])).unwrap(), 105);
+        assert_eq!(log.copy_range(100, 105).unwrap(), vec![7u8; 5]);
+        // Below the oldest byte: nothing is left, and the log ends at the cut.
+        log.delete_segments_before(100);
+        assert_eq!(log.truncate_to(40).unwrap(), 40);
+        assert!(log.is_empty());
+        assert_eq!((log.min_offset(), log.max_offset()), (40, 40));
     }
 
     #[test]

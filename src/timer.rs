@@ -68,6 +68,11 @@ impl Clock {
         Clock { latest: now }
     }
 
+    /// The latest time given so far.
+    pub(crate) fn latest(&self) -> Instant {
+        self.latest
+    }
+
     pub(crate) fn advance(&mut self, now: Instant) -> Instant {
         if now > self.latest {
             self.latest = now;

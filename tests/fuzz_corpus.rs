@@ -76,6 +76,16 @@ fn smoke(target: &str, count: usize) {
 }
 
 #[test]
+fn autoswitch_client_corpus() {
+    replay("autoswitch_client");
+}
+
+#[test]
+fn autoswitch_master_corpus() {
+    replay("autoswitch_master");
+}
+
+#[test]
 fn client_stream_corpus() {
     replay("client_stream");
 }

@@ -7,6 +7,8 @@
 //!
 //! | target | machine | input |
 //! |---|---|---|
+//! | [`autoswitch_client`] | `autoswitch::Client` | an AutoSwitch master's bytes, reads, events, time, local history |
+//! | [`autoswitch_master`] | `autoswitch::MasterConnection` over a `MemoryLog` | an AutoSwitch slave's bytes, writes, time, log growth, new epochs, retention |
 //! | [`client_stream`] | `HaClient` | a master's bytes, read splits, time, appends, dials |
 //! | [`master_stream`] | `MasterConnection` over a `MemoryLog` | a slave's bytes, writes, time, log growth and retention |
 //! | [`waiters`] | `MasterService` | connections, acks, waits, time, shutdown |
@@ -17,6 +19,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::new_without_default)]
 
+pub mod autoswitch_client;
+pub mod autoswitch_master;
 pub mod client_stream;
 pub mod input;
 pub mod master_stream;
@@ -26,6 +30,8 @@ pub mod sim_schedule;
 pub mod waiters;
 pub mod wire_decode;
 
+pub use autoswitch_client::autoswitch_client;
+pub use autoswitch_master::autoswitch_master;
 pub use client_stream::client_stream;
 pub use master_stream::master_stream;
 pub use record_check::record_check;
@@ -39,6 +45,8 @@ pub type Harness = fn(&[u8]);
 
 /// Every target by name, for replaying a corpus directory.
 pub const TARGETS: &[(&str, Harness)] = &[
+    ("autoswitch_client", autoswitch_client),
+    ("autoswitch_master", autoswitch_master),
     ("client_stream", client_stream),
     ("master_stream", master_stream),
     ("record_check", record_check),

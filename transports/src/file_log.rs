@@ -111,6 +111,7 @@ mod flush;
 mod flusher;
 mod rocketmq;
 mod segments;
+mod truncate;
 
 pub use rocketmq::{
     RecordWalk, StoreFormat, RECOVERY_SEGMENTS, ROCKETMQ_ABORT_FILE, ROCKETMQ_CHECKPOINT_FILE,

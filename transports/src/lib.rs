@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 
 pub mod blocking;
+pub mod epoch_file;
 mod error;
 pub mod file_log;
 mod observe;
