@@ -292,17 +292,17 @@ fn slave_until_exits_once_it_has_the_masters_bytes() {
         log.append_at_end(&data).unwrap();
         log.close().unwrap();
     }
-    let mut master = KillOnDrop(
-        Command::new(BIN)
-            .args(["master", "--listen", "127.0.0.1:0", "--from-oldest"])
-            .args(["--store", master_store.path(), "--segment-size", "4MiB"])
-            .args(["--append-rate", "8MiB", "--status-interval", "0.1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (mut master, addr) = start_master(
+        &[
+            "--from-oldest",
+            "--store",
+            master_store.path(),
+            "--segment-size",
+            "4MiB",
+        ],
+        &["--append-rate", "8MiB", "--status-interval", "0.1"],
+        Stdio::piped(),
     );
-    let addr = listening_address(&mut master.0);
 
     let slave = Command::new(BIN)
         .args(["slave", "--master", &addr.to_string(), "--until", "14MiB"])
@@ -448,6 +448,23 @@ fn master_and_slave_flush_while_running_and_sync_on_sigterm() {
 }
 
 /// Reads the master's stderr until it says where it listens.
+/// Starts `rocketmq-ha master --listen 127.0.0.1:0` with `store` and `more` options and
+/// `stdout`, and returns it once it listens, with its address.
+fn start_master(store: &[&str], more: &[&str], stdout: Stdio) -> (KillOnDrop, SocketAddr) {
+    let mut master = KillOnDrop(
+        Command::new(BIN)
+            .args(["master", "--listen", "127.0.0.1:0"])
+            .args(store)
+            .args(more)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = listening_address(&mut master.0);
+    (master, addr)
+}
+
 fn listening_address(master: &mut Child) -> SocketAddr {
     let stderr = master.stderr.take().expect("piped stderr");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -570,17 +587,17 @@ fn a_rocketmq_store_is_produced_served_and_replicated_record_by_record() {
     ]);
     assert!(ok && stdout.contains("rocketmq"), "{stdout}\n{stderr}");
 
-    let mut master = KillOnDrop(
-        Command::new(BIN)
-            .args(["master", "--listen", "127.0.0.1:0", "--from-oldest"])
-            .args(["--store", master_store.path(), "--segment-size", "1MiB"])
-            .args(["--append-rate", "2MiB", "--message-size", "700"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (master, addr) = start_master(
+        &[
+            "--from-oldest",
+            "--store",
+            master_store.path(),
+            "--segment-size",
+            "1MiB",
+        ],
+        &["--append-rate", "2MiB", "--message-size", "700"],
+        Stdio::null(),
     );
-    let addr = listening_address(&mut master.0);
     let slave = Command::new(BIN)
         .args(["slave", "--master", &addr.to_string(), "--until", "4MiB"])
         .args(["--store", slave_store.path(), "--segment-size", "1MiB"])
@@ -631,16 +648,11 @@ fn a_slave_with_another_segment_size_is_refused_naming_the_option() {
         log.append_at_end(&vec![7u8; 7 << 19]).unwrap();
         log.close().unwrap();
     }
-    let mut master = KillOnDrop(
-        Command::new(BIN)
-            .args(["master", "--listen", "127.0.0.1:0"])
-            .args(["--store", master_store.path(), "--segment-size", "1MiB"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (_master, addr) = start_master(
+        &["--store", master_store.path(), "--segment-size", "1MiB"],
+        &[],
+        Stdio::null(),
     );
-    let addr = listening_address(&mut master.0);
     let mut slave = Command::new(BIN);
     slave.args(["slave", "--master", &addr.to_string()]).args([
         "--store",
@@ -741,22 +753,11 @@ fn a_master_explains_why_an_empty_slave_gets_nothing_yet() {
         log.append_at_end(&vec![1u8; 2 << 20]).unwrap();
         log.close().unwrap();
     }
-    let mut master = KillOnDrop(
-        Command::new(BIN)
-            .args([
-                "master",
-                "--listen",
-                "127.0.0.1:0",
-                "--status-interval",
-                "0.1",
-            ])
-            .args(["--store", master_store.path(), "--segment-size", "1MiB"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (mut master, addr) = start_master(
+        &["--store", master_store.path(), "--segment-size", "1MiB"],
+        &["--status-interval", "0.1"],
+        Stdio::piped(),
     );
-    let addr = listening_address(&mut master.0);
     let _slave = KillOnDrop(
         Command::new(BIN)
             .args(["slave", "--master", &addr.to_string()])
