@@ -51,11 +51,6 @@ pub fn produce(args: ProduceArgs) -> Result<(), Failure> {
         .context(format_args!("opening store {}", args.store.display()))?;
     let start = log.max_offset();
     let mut records = Records::new(log.segment_size(), start, args.message_size.0 as usize);
-    // One message must fit a segment with room for a blank record, as in RocketMQ.
-    records
-        .bytes(0)
-        .map_err(|e| Failure(format!("--message-size {}: {e}", args.message_size.0)))?;
-    let mut records = Records::new(log.segment_size(), start, args.message_size.0 as usize);
     eprintln!(
         "store {} ({format} format): appending {} of messages to topic {TOPIC} from offset {start}",
         args.store.display(),
@@ -81,7 +76,11 @@ pub fn produce(args: ProduceArgs) -> Result<(), Failure> {
             }
             want = want.min(due - written);
         }
-        let data = records.bytes(want).map_err(Failure)?;
+        // A message that does not fit a segment (with room for a blank record, as in RocketMQ)
+        // fails here, before anything is written.
+        let data = records
+            .bytes(want)
+            .map_err(|e| Failure(format!("--message-size {}: {e}", args.message_size.0)))?;
         log.append_at_end(&data).context("appending")?;
         written += data.len() as u64;
         progress.show(written, rate.sample(written), "");

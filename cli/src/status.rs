@@ -173,19 +173,20 @@ impl MasterStatus {
                 Human(end.saturating_sub(slowest))
             );
         }
-        // RocketMQ's start rule gives an empty slave the start of the master's last segment:
-        // while the log ends exactly there, it has nothing to send, which would otherwise look
-        // like a stuck slave.
-        let segment = master.log().read().segment_size().max(1);
-        let starved = slaves
+        // RocketMQ's start rule gives an empty slave the start of the master's last segment
+        // (the machine decides it; `start` is its answer): while the log ends there, there is
+        // nothing to send, which would otherwise look like a stuck slave.
+        let starved: Vec<u64> = slaves
             .iter()
-            .filter(|s| s.requested == Some(0) && s.acked == Some(0))
-            .count();
-        if starved > 0 && end > 0 && end.is_multiple_of(segment) {
+            .filter(|s| s.requested == Some(0))
+            .filter_map(|s| s.start.filter(|&start| start >= end))
+            .collect();
+        if let Some(&start) = starved.iter().min() {
             line += &format!(
-                "; {starved} empty slave(s) wait for the log to grow past {end}: an empty slave \
+                "; {} empty slave(s) wait for the log to grow past {start}: an empty slave \
                  starts at the master's last segment, which holds nothing yet (master \
-                 --from-oldest sends all it keeps)"
+                 --from-oldest sends all it keeps)",
+                starved.len()
             );
         }
         if let Some(sync) = sync {

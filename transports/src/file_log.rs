@@ -320,6 +320,24 @@ pub struct FileLog {
     abort: Abort,
 }
 
+/// What a recovery found, for [`FileLog::recovered`].
+struct Recovered<'a> {
+    root: &'a Path,
+    commitlog: PathBuf,
+    segment_size: u64,
+    segments: BTreeMap<u64, Bytes>,
+    min: u64,
+    max: u64,
+    synced: u64,
+    checkpoint: Option<&'a Checkpoint>,
+    boot_id: Option<String>,
+    /// Our store lock, and RocketMQ's `lock` if the store has one.
+    locks: (File, Option<File>),
+    format: StoreFormat,
+    walk: Option<RecordWalk>,
+    tail_dirty: bool,
+}
+
 /// Who made the `abort` marker of a RocketMQ-format store (see [`rocketmq::mark_abort`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Abort {
@@ -569,35 +587,21 @@ impl FileLog {
             // Their directory entries too, for the files that process created.
             sync_dir(&commitlog)?;
         }
-        let mut log = FileLog {
-            _lock: lock,
-            _broker_lock: broker_lock,
+        let mut log = FileLog::recovered(Recovered {
+            root,
+            commitlog,
+            segment_size,
+            segments,
+            min,
+            max,
+            synced,
+            checkpoint: checkpoint.as_ref(),
+            boot_id,
+            locks: (lock, broker_lock),
             format,
             walk: None,
             tail_dirty: false,
-            root: root.to_path_buf(),
-            commitlog,
-            segment_size,
-            min,
-            max,
-            shared: Arc::new(Shared {
-                segment_size,
-                view: RwLock::new(View { min, max, segments }),
-            }),
-            tail: None,
-            data_synced: max,
-            synced,
-            dir_generation: 0,
-            dir_synced: 0,
-            checkpointed: checkpoint.as_ref().map(|cp| (cp.base, cp.synced_max)),
-            boot_id,
-            poisoned: false,
-            mode: FlushMode::default(),
-            schedule: Schedule::default(),
-            epoch: 0,
-            closed: false,
-            abort: Abort::Unmarked,
-        };
+        });
         if trusted_end.is_some() {
             // Everything left is synced; recording this boot lets a later process crash trust
             // the files again instead of falling back to this old synced offset.
@@ -652,35 +656,60 @@ impl FileLog {
             || segments
                 .keys()
                 .any(|&start| start > segment_start(max, segment_size));
-        Ok(FileLog {
-            _lock: lock,
-            _broker_lock: broker_lock,
+        Ok(FileLog::recovered(Recovered {
+            root,
+            commitlog,
+            segment_size,
+            segments,
+            min,
+            max,
+            synced,
+            checkpoint: checkpoint.as_ref(),
+            boot_id,
+            locks: (lock, broker_lock),
             format: StoreFormat::RocketMq,
             walk: Some(walk),
             tail_dirty,
-            root: root.to_path_buf(),
-            commitlog,
-            segment_size,
+        }))
+    }
+
+    /// The log as recovery left it: everything below `max` on disk (synced up to `synced`), no
+    /// tail open, nothing written yet by this process. Both formats' recoveries end here.
+    fn recovered(r: Recovered<'_>) -> FileLog {
+        let (min, max) = (r.min, r.max);
+        FileLog {
+            _lock: r.locks.0,
+            _broker_lock: r.locks.1,
+            format: r.format,
+            walk: r.walk,
+            tail_dirty: r.tail_dirty,
+            root: r.root.to_path_buf(),
+            commitlog: r.commitlog,
+            segment_size: r.segment_size,
             min,
             max,
             shared: Arc::new(Shared {
-                segment_size,
-                view: RwLock::new(View { min, max, segments }),
+                segment_size: r.segment_size,
+                view: RwLock::new(View {
+                    min,
+                    max,
+                    segments: r.segments,
+                }),
             }),
             tail: None,
             data_synced: max,
-            synced,
+            synced: r.synced,
             dir_generation: 0,
             dir_synced: 0,
-            checkpointed: checkpoint.as_ref().map(|cp| (cp.base, cp.synced_max)),
-            boot_id,
+            checkpointed: r.checkpoint.map(|cp| (cp.base, cp.synced_max)),
+            boot_id: r.boot_id,
             poisoned: false,
             mode: FlushMode::default(),
             schedule: Schedule::default(),
             epoch: 0,
             closed: false,
             abort: Abort::Unmarked,
-        })
+        }
     }
 
     /// The store's format: [`StoreFormat::Raw`] (ours) or [`StoreFormat::RocketMq`], as found

@@ -6,7 +6,6 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -20,26 +19,11 @@ use rocketmq_ha_transports::SharedLog;
 
 const F: u64 = 4096;
 
-/// A scratch store directory under cargo's per-target scratch space, removed when dropped.
-struct Scratch(PathBuf);
+mod common;
+
+use common::Scratch;
 
 impl Scratch {
-    fn new(name: &str) -> Scratch {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "file_log-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
     fn commitlog(&self) -> PathBuf {
         self.0.join(COMMITLOG_DIR)
     }
@@ -50,12 +34,6 @@ impl Scratch {
         let path = self.commitlog().join(name);
         fs::write(&path, contents).unwrap();
         path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

@@ -2,36 +2,16 @@
 //! reopens at the cut, and readers' slices above it stay valid.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 
 use rocketmq_ha::{LogSource, LogTruncate};
 use rocketmq_ha_transports::file_log::{FileLog, CHECKPOINT_FILE, COMMITLOG_DIR};
 
 const F: u64 = 4096;
 
-/// A scratch store directory under cargo's per-target scratch space, removed when dropped.
-struct Scratch(PathBuf);
+mod common;
 
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "file_log_truncate-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use common::Scratch;
 
 fn pattern(start: u64, len: u64) -> Vec<u8> {
     (start..start + len)

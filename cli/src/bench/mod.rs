@@ -53,7 +53,7 @@ use rocketmq_ha_transports::file_log::{FileLog, FileLogReader, StoreFormat};
 use rocketmq_ha_transports::{Running, SlaveHandle, Transport};
 
 use crate::size::{Human, SegmentSize, Size};
-use crate::{Context, Failure, Generator, TempDir, TransportArg};
+use crate::{Context, Failure, TempDir, TransportArg};
 use fanout::{fanout, Fanout};
 use flow::flow;
 pub use json::Json;
@@ -481,15 +481,9 @@ fn generate(path: &Path, total: u64, segment: u64, records: bool) -> Result<File
     };
     let mut log = FileLog::create_in(path, segment, format)
         .context(format_args!("creating {}", path.display()))?;
-    let mut generator = Generator::new(0xBE7C);
-    let mut messages = crate::records::Records::new(segment, 0, 1024);
+    let mut payload = crate::Payload::for_store(&log, Size(1024));
     while log.max_offset() < total {
-        let n = (total - log.max_offset()).min(4 << 20);
-        let data = if records {
-            messages.bytes(n).map_err(Failure)?
-        } else {
-            generator.bytes(n)
-        };
+        let data = payload.bytes((total - log.max_offset()).min(4 << 20))?;
         log.append_at_end(&data)
             .context("writing the master store")?;
     }

@@ -32,6 +32,10 @@ pub struct SlaveInfo {
     pub peer: SocketAddr,
     /// The offset the slave asked for in its first report, once it arrived.
     pub requested: Option<u64>,
+    /// Where the master's transfer to it starts, as its machine decided from the request
+    /// (§3.3: an empty slave starts at the master's last segment); nothing is sent until the
+    /// log passes it.
+    pub start: Option<u64>,
     /// The slave's last acknowledged offset, once it reported.
     pub acked: Option<u64>,
     /// The connection's state (§3.10): `Transfer` while it is listed.
@@ -77,6 +81,7 @@ pub struct MasterTotals {
 struct Peer {
     addr: SocketAddr,
     requested: Option<u64>,
+    start: Option<u64>,
     connected_at: Instant,
     traffic: Arc<TrafficCell>,
 }
@@ -222,6 +227,7 @@ impl<L> MasterHandle<L> {
                 id,
                 peer: peer.addr,
                 requested: peer.requested,
+                start: peer.start,
                 acked: state.service.ack_of(id),
                 state: ConnectionState::Transfer,
                 connected_at: peer.connected_at,
@@ -455,6 +461,7 @@ impl<L> MasterHandle<L> {
                 Peer {
                     addr: peer,
                     requested: None,
+                    start: None,
                     connected_at: now,
                     traffic: Arc::clone(&traffic),
                 },
@@ -607,6 +614,7 @@ impl<L> ConnectionGuard<L> {
                     MasterEvent::Started { requested, start } => {
                         if let Some(peer) = state.peers.get_mut(&self.id) {
                             peer.requested = Some(requested);
+                            peer.start = Some(start);
                         }
                         tracing::info!(parent: &self.span, requested, start, "transfer starts");
                     }
