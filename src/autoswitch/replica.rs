@@ -78,6 +78,12 @@ impl Replica {
         &mut self.role
     }
 
+    /// The role, taken out: for a driver that runs a slave's loop on its own thread or task,
+    /// where a lock around the whole replica would be held across socket reads.
+    pub fn into_role(self) -> Role {
+        self.role
+    }
+
     /// The epoch history, whoever holds it now; persist it when it changes.
     pub fn epochs(&self) -> &EpochList {
         match &self.role {

@@ -10,6 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+/// How long a member may go without catching up before [`SyncStateSet::shrink`] proposes
+/// removing it: RocketMQ's default `haMaxTimeSlaveNotCatchup`, 15 s.
+pub const MAX_TIME_NOT_CAUGHT_UP: Duration = Duration::from_secs(15);
+
 /// A controller-assigned broker id, as the slave's handshake carries it.
 pub type BrokerId = i64;
 

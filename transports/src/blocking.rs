@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use event_listener::Listener;
-use rocketmq_ha::{LogSink, LogSource, MasterLoop};
+use rocketmq_ha::{LogSink, LogSource};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
 use crate::runtime::io_slices;
-use crate::shared::{read_timeout, Accepted, ConnectionGuard, SlaveDriver};
+use crate::shared::{read_timeout, Accepted, ConnectionGuard, MasterProtocol, SlaveDriver};
 use crate::{Error, MasterHandle, SlaveHandle};
 
 /// Serves slaves on `listener` until `master` is shut down, one pair of threads per connection;
@@ -94,7 +94,7 @@ fn serve_connection<L: LogSource + Send + Sync>(conn: ConnectionGuard<L>, stream
 
 /// Locks the connection's loop (a panicking peer thread leaves it consistent: every method
 /// call is atomic under the lock).
-fn lock(machine: &Mutex<MasterLoop>) -> std::sync::MutexGuard<'_, MasterLoop> {
+fn lock(machine: &Mutex<MasterProtocol>) -> std::sync::MutexGuard<'_, MasterProtocol> {
     machine.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -102,7 +102,7 @@ fn lock(machine: &Mutex<MasterLoop>) -> std::sync::MutexGuard<'_, MasterLoop> {
 /// socket is what frees a writer blocked in `write`), events to the service.
 fn reader<L: LogSource>(
     conn: &ConnectionGuard<L>,
-    machine: &Mutex<MasterLoop>,
+    machine: &Mutex<MasterProtocol>,
     mut stream: &TcpStream,
     done: &AtomicBool,
 ) -> Result<(), Error> {
@@ -125,11 +125,12 @@ fn reader<L: LogSource>(
         match read {
             Ok(0) => return Ok(()),
             Ok(n) => {
-                let started = m.connection().next_offset().is_some();
+                let stage = m.stage();
                 m.handle_read(Instant::now(), &reports[..n], &*log.read())?;
                 conn.forward(&mut m);
-                // The first report is the only input that gives the writer work.
-                if !started && m.connection().next_offset().is_some() {
+                // The handshake and the first report are the only inputs that give the writer
+                // work.
+                if m.stage() > stage {
                     log.notify();
                 }
             }
@@ -152,7 +153,7 @@ fn reader<L: LogSource>(
 /// growth until the loop's next deadline.
 fn writer<L: LogSource>(
     conn: &ConnectionGuard<L>,
-    machine: &Mutex<MasterLoop>,
+    machine: &Mutex<MasterProtocol>,
     mut stream: &TcpStream,
     done: &AtomicBool,
 ) -> Result<(), Error> {
@@ -163,7 +164,7 @@ fn writer<L: LogSource>(
     let mut poll = || -> Result<_, Error> {
         let mut m = lock(machine);
         conn.apply_rate_limit(&mut m, &mut rate_seen);
-        let transmit = m.poll_write(Instant::now(), &*log.read())?.cloned();
+        let transmit = m.poll_write(Instant::now(), &*log.read())?;
         Ok((transmit, m.poll_timeout()))
     };
     while !done.load(Ordering::SeqCst) && !conn.master().is_shut_down() {

@@ -4,7 +4,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rocketmq_ha::autoswitch;
 use rocketmq_ha::{ClientError, LogError, MasterError, SyncError};
+
+use crate::epoch_file::EpochFileError;
 
 /// Why a driver closed a connection, or why a replication call failed.
 ///
@@ -61,6 +64,20 @@ pub enum Error {
     /// A synchronous-replication wait did not succeed.
     #[error("replication: {0}")]
     Sync(#[from] SyncError),
+    /// An AutoSwitch slave broke the protocol or went silent; the master closed its
+    /// connection.
+    #[error("slave connection closed: {0}")]
+    AutoSwitchMaster(#[from] autoswitch::MasterError),
+    /// An AutoSwitch master broke the protocol or went silent; the slave closed its
+    /// connection.
+    #[error("master connection closed: {0}")]
+    AutoSwitchClient(#[from] autoswitch::ClientError),
+    /// The role asked for is from an epoch older than the broker's history.
+    #[error("role change refused: {0}")]
+    Role(#[from] autoswitch::RoleError),
+    /// Reading or writing the epoch file failed.
+    #[error("epoch file: {0}")]
+    EpochFile(#[from] EpochFileError),
 }
 
 impl From<Error> for io::Error {
@@ -74,6 +91,10 @@ impl From<Error> for io::Error {
             Error::Client(e) => e.into(),
             Error::Log(e) => e.into(),
             Error::Sync(e) => e.into(),
+            Error::AutoSwitchMaster(e) => e.into(),
+            Error::AutoSwitchClient(e) => e.into(),
+            Error::Role(e) => e.into(),
+            Error::EpochFile(e) => e.into(),
         }
     }
 }

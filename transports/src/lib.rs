@@ -84,7 +84,7 @@ mod transport;
 pub use error::Error;
 pub use observe::CloseReason;
 pub use shared::{
-    ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SharedLog, SlaveHandle,
-    SlaveInfo, SlaveStatus,
+    AutoSwitchMaster, AutoSwitchSlave, ClosedConnection, MasterHandle, MasterTotals,
+    RefusedConnection, SharedLog, SlaveHandle, SlaveInfo, SlaveStatus,
 };
 pub use transport::{Running, Transport, UnknownTransport};

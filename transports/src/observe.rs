@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rocketmq_ha::autoswitch;
 use rocketmq_ha::{ClientError, MasterError, Traffic};
 
 use crate::Error;
@@ -90,7 +91,24 @@ impl CloseReason {
                 ClientError::Misuse(_) => CloseReason::Other,
                 _ => CloseReason::Protocol,
             },
-            Error::Log(_) => CloseReason::Storage,
+            Error::AutoSwitchMaster(e) => match e {
+                autoswitch::MasterError::Silent(_) | autoswitch::MasterError::WriteStalled(_) => {
+                    CloseReason::Timeout
+                }
+                autoswitch::MasterError::RequestOutOfRange { .. }
+                | autoswitch::MasterError::NoEpochFor(_) => CloseReason::Refused,
+                autoswitch::MasterError::Log(_) => CloseReason::Storage,
+                autoswitch::MasterError::Misuse(_) => CloseReason::Other,
+                _ => CloseReason::Protocol,
+            },
+            Error::AutoSwitchClient(e) => match e {
+                autoswitch::ClientError::Silent(_) | autoswitch::ClientError::WriteStalled(_) => {
+                    CloseReason::Timeout
+                }
+                autoswitch::ClientError::Misuse(_) => CloseReason::Other,
+                _ => CloseReason::Protocol,
+            },
+            Error::Log(_) | Error::EpochFile(_) => CloseReason::Storage,
             _ => CloseReason::Other,
         }
     }

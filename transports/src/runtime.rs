@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use bytes::Buf;
 use futures_lite::FutureExt;
-use rocketmq_ha::{LogSink, LogSource, Transmit};
+use rocketmq_ha::{LogSink, LogSource};
 
 use crate::shared::{maybe, resolve_on_thread, ConnectionGuard, SlaveDriver, SlaveHandle};
 use crate::Error;
@@ -41,7 +41,7 @@ pub(crate) trait Runtime {
 }
 
 /// Header and body of `transmit` as the slices of one vectored write.
-pub(crate) fn io_slices(transmit: &Transmit) -> ([IoSlice<'_>; 2], usize) {
+pub(crate) fn io_slices(transmit: &impl Buf) -> ([IoSlice<'_>; 2], usize) {
     let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
     let n = transmit.chunks_vectored(&mut slices);
     (slices, n)
@@ -123,11 +123,11 @@ async fn master_loop<R: Runtime, L: LogSource>(
             lp.handle_timeout(now)?;
         }
         let mut grew = None;
-        let mut pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
+        let mut pending = lp.poll_write(Instant::now(), &*log.read())?;
         if pending.is_none() {
             // Listen, then look again: growth between the two wakes the listener.
             let listener = log.listen();
-            pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
+            pending = lp.poll_write(Instant::now(), &*log.read())?;
             grew = pending.is_none().then_some(listener);
         }
         rearm(&mut alarm, lp.poll_timeout(), R::sleep_until);

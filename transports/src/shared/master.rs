@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use event_listener::Event;
 use futures_lite::FutureExt;
+use rocketmq_ha::autoswitch::{self, BrokerId, EpochList};
 use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{
     AckPolicy, Admission, Config, ConnectionId, ConnectionState, Decision, LogError, LogSink,
@@ -18,6 +19,7 @@ use rocketmq_ha::{
 };
 use tracing::Span;
 
+use super::master_protocol::{AutoSwitchMaster, AutoSwitchState, MasterProtocol, SharedAutoSwitch};
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
 use crate::observe::{CloseReason, TrafficCell};
 use crate::Error;
@@ -44,6 +46,9 @@ pub struct SlaveInfo {
     pub connected_at: Instant,
     /// Bytes and frames moved so far on this connection.
     pub traffic: Traffic,
+    /// AutoSwitch: the broker id the slave gave in its handshake (`None` for a classic
+    /// slave, or before its handshake).
+    pub broker_id: Option<BrokerId>,
 }
 
 /// A slave connection that ended, and why.
@@ -84,6 +89,7 @@ struct Peer {
     start: Option<u64>,
     connected_at: Instant,
     traffic: Arc<TrafficCell>,
+    broker_id: Option<BrokerId>,
 }
 
 /// A connection the master closed as it arrived, without reading from it (see
@@ -100,6 +106,8 @@ pub struct RefusedConnection {
 }
 
 /// What a driver does with a socket it accepted.
+// Made once per accepted socket and unpacked at once: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Accepted<L> {
     /// Serve it; dropping the guard unregisters it.
     Serve(ConnectionGuard<L>),
@@ -130,6 +138,8 @@ struct MasterInner<L> {
     /// Changes whenever the rate limit or the number of connections does (a shared limit is
     /// split among them): connection loops compare it without taking the lock.
     rate_generation: AtomicU64,
+    /// `Some` for an AutoSwitch master: the epochs it serves and its sync-state set.
+    autoswitch: Option<SharedAutoSwitch>,
 }
 
 struct MasterState {
@@ -185,6 +195,10 @@ impl<L> MasterHandle<L> {
 
     /// A master serving an already shared log.
     pub fn with_shared_log(log: SharedLog<L>, config: Config) -> Self {
+        Self::build(log, config, None)
+    }
+
+    fn build(log: SharedLog<L>, config: Config, autoswitch: Option<AutoSwitchState>) -> Self {
         MasterHandle {
             inner: Arc::new(MasterInner {
                 log,
@@ -203,8 +217,34 @@ impl<L> MasterHandle<L> {
                 changed: Event::new(),
                 stop: Stop::default(),
                 rate_generation: AtomicU64::new(0),
+                autoswitch: autoswitch.map(|state| Arc::new(Mutex::new(state))),
             }),
         }
+    }
+
+    /// Whether this master speaks AutoSwitch.
+    pub fn is_autoswitch(&self) -> bool {
+        self.inner.autoswitch.is_some()
+    }
+
+    /// AutoSwitch: the epoch this broker is master of.
+    pub fn epoch(&self) -> Option<i32> {
+        Some(lock(self.inner.autoswitch.as_ref()?).epoch)
+    }
+
+    /// AutoSwitch: the epoch history served to slaves (it ends with this master's epoch).
+    pub fn epochs(&self) -> Option<EpochList> {
+        Some(lock(self.inner.autoswitch.as_ref()?).epochs.clone())
+    }
+
+    /// AutoSwitch: the sync-state set in force (this broker included).
+    pub fn sync_state_members(&self) -> Option<std::collections::BTreeSet<BrokerId>> {
+        Some(
+            lock(self.inner.autoswitch.as_ref()?)
+                .sync_state
+                .applied()
+                .clone(),
+        )
     }
 
     /// The commit log being served.
@@ -232,6 +272,7 @@ impl<L> MasterHandle<L> {
                 state: ConnectionState::Transfer,
                 connected_at: peer.connected_at,
                 traffic: peer.traffic.load(),
+                broker_id: peer.broker_id,
             })
             .collect()
     }
@@ -464,6 +505,7 @@ impl<L> MasterHandle<L> {
                     start: None,
                     connected_at: now,
                     traffic: Arc::clone(&traffic),
+                    broker_id: None,
                 },
             );
             state.totals.accepted += 1;
@@ -481,11 +523,32 @@ impl<L> MasterHandle<L> {
             span,
             traffic,
             published: Mutex::new(Traffic::default()),
+            broker_id: Mutex::new(None),
         })
     }
 }
 
 impl<L: LogSource> MasterHandle<L> {
+    /// An AutoSwitch master (RocketMQ 5's controller mode, §5) serving `log`: it takes the
+    /// role the options give at the log's end, saving the epoch history first when the epoch
+    /// is new to it, and refuses an epoch older than that history ([`Error::Role`]).
+    ///
+    /// No controller stands between this master and its sync-state set: it applies its own
+    /// proposals (expand and shrink) at once, as a controller that always agrees would.
+    pub fn autoswitch(log: L, config: Config, options: AutoSwitchMaster) -> Result<Self, Error> {
+        let state = AutoSwitchState::become_master(config, &options, log.max_offset())?;
+        Ok(Self::build(SharedLog::new(log), config, Some(state)))
+    }
+
+    /// AutoSwitch: the confirm offset, the end of what every member of the sync-state set
+    /// has (§5.7).
+    pub fn confirm_offset(&self) -> Option<u64> {
+        let max = self.inner.log.max_offset();
+        lock(self.inner.autoswitch.as_ref()?)
+            .sync_state
+            .confirm_offset(max)
+    }
+
     /// Slaves in sync now: live connections whose ack is less than `max_gap_not_in_sync`
     /// behind the log's end (RocketMQ 5's in-sync replicas, less the master itself).
     pub fn in_sync_count(&self) -> usize {
@@ -571,6 +634,8 @@ pub(crate) struct ConnectionGuard<L> {
     traffic: Arc<TrafficCell>,
     /// The traffic last published, to tell frames sent since (for `trace` events).
     published: Mutex<Traffic>,
+    /// AutoSwitch: the slave's broker id, once its handshake arrived.
+    broker_id: Mutex<Option<BrokerId>>,
 }
 
 impl<L> ConnectionGuard<L> {
@@ -578,14 +643,27 @@ impl<L> ConnectionGuard<L> {
         &self.master
     }
 
-    /// A fresh connection loop for this connection.
-    pub(crate) fn machine(&self) -> MasterLoop {
-        MasterLoop::new(self.master.inner.config, Instant::now())
+    /// A fresh connection loop for this connection, of the master's protocol.
+    pub(crate) fn machine(&self) -> MasterProtocol {
+        let (config, now) = (self.master.inner.config, Instant::now());
+        match &self.master.inner.autoswitch {
+            None => MasterProtocol::Classic(MasterLoop::new(config, now)),
+            Some(shared) => MasterProtocol::AutoSwitch {
+                lp: autoswitch::MasterLoop::new(config, now),
+                shared: Arc::clone(shared),
+                traffic: Traffic::default(),
+                unsent: 0,
+            },
+        }
     }
 
     /// Gives the loop the rate limit in force when it changed since `seen` (a generation);
     /// the split of a shared limit is the core's [`RateLimit::per_connection`].
-    pub(crate) fn apply_rate_limit(&self, machine: &mut MasterLoop, seen: &mut Option<u64>) {
+    pub(crate) fn apply_rate_limit(&self, machine: &mut MasterProtocol, seen: &mut Option<u64>) {
+        // The AutoSwitch loop has no flow control yet.
+        let Some(machine) = machine.classic_mut() else {
+            return;
+        };
         let generation = self.master.inner.rate_generation.load(Ordering::SeqCst);
         if *seen == Some(generation) {
             return;
@@ -599,10 +677,21 @@ impl<L> ConnectionGuard<L> {
         machine.set_rate_limit(Instant::now(), rate);
     }
 
-    /// Publishes the loop's traffic, forwards its events to the service and wakes waiters
-    /// (run-loop step 2). Drivers call it after every read and every write.
-    pub(crate) fn forward(&self, machine: &mut MasterLoop) {
+    /// Publishes the loop's traffic, forwards its events to the service (and an AutoSwitch
+    /// master's sync-state set) and wakes waiters (run-loop step 2). Drivers call it after
+    /// every read and every write.
+    pub(crate) fn forward(&self, machine: &mut MasterProtocol)
+    where
+        L: LogSource,
+    {
         self.publish(machine.traffic());
+        match machine {
+            MasterProtocol::Classic(lp) => self.forward_classic(lp),
+            MasterProtocol::AutoSwitch { lp, shared, .. } => self.forward_autoswitch(lp, shared),
+        }
+    }
+
+    fn forward_classic(&self, machine: &mut MasterLoop) {
         let Some(mut event) = machine.poll_event() else {
             return;
         };
@@ -628,6 +717,57 @@ impl<L> ConnectionGuard<L> {
                     Some(next) => event = next,
                     None => break,
                 }
+            }
+            state.settle();
+        }
+        self.master.inner.changed.notify(usize::MAX);
+    }
+
+    /// An AutoSwitch connection's events go to the sync-state set; its acks also go to the
+    /// service, so acks, lag and sync waits read the same as for a classic slave.
+    fn forward_autoswitch(&self, machine: &mut autoswitch::MasterLoop, shared: &SharedAutoSwitch)
+    where
+        L: LogSource,
+    {
+        let Some(mut event) = machine.poll_event() else {
+            return;
+        };
+        let now = Instant::now();
+        let max = self.master.inner.log.max_offset();
+        let mut introduced = None;
+        let mut acks = Vec::new();
+        {
+            let mut sync = lock(shared);
+            loop {
+                if let autoswitch::MasterEvent::Acked { offset, .. } = event {
+                    tracing::trace!(parent: &self.span, offset, "ack");
+                    acks.push(offset);
+                }
+                if let Some(id) = sync.handle_event(now, &event, max) {
+                    tracing::info!(parent: &self.span, broker_id = id, "slave introduced itself");
+                    introduced = Some(id);
+                }
+                match machine.poll_event() {
+                    Some(next) => event = next,
+                    None => break,
+                }
+            }
+        }
+        {
+            let mut state = lock(&self.master.inner.state);
+            if let Some(id) = introduced {
+                *lock(&self.broker_id) = Some(id);
+                if let Some(peer) = state.peers.get_mut(&self.id) {
+                    peer.broker_id = Some(id);
+                }
+            }
+            for offset in acks {
+                if let Some(peer) = state.peers.get_mut(&self.id) {
+                    peer.requested.get_or_insert(offset);
+                }
+                state
+                    .service
+                    .handle_event(self.id, now, &MasterEvent::Acked { offset });
             }
             state.settle();
         }
@@ -682,6 +822,9 @@ impl<L> Drop for ConnectionGuard<L> {
                 "slave connection {reason} ({e})"),
             (None, _) => tracing::info!(parent: span, reason = label, sent, received,
                 "slave connection {reason}"),
+        }
+        if let (Some(shared), Some(id)) = (&self.master.inner.autoswitch, *lock(&self.broker_id)) {
+            lock(shared).handle_disconnected(Instant::now(), id);
         }
         {
             let mut state = lock(&self.master.inner.state);

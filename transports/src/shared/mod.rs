@@ -8,15 +8,20 @@
 mod dial;
 mod log;
 mod master;
+mod master_protocol;
 mod slave;
+mod slave_protocol;
 mod stop;
 
 pub(crate) use dial::resolve_on_thread;
 pub use log::SharedLog;
 pub(crate) use master::{Accepted, ConnectionGuard};
 pub use master::{ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SlaveInfo};
+pub use master_protocol::AutoSwitchMaster;
+pub(crate) use master_protocol::MasterProtocol;
 pub(crate) use slave::SlaveDriver;
 pub use slave::{SlaveHandle, SlaveStatus};
+pub use slave_protocol::AutoSwitchSlave;
 pub(crate) use stop::Stop;
 
 use std::future::Future;

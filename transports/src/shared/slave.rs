@@ -8,13 +8,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rocketmq_ha::autoswitch::EpochList;
 use rocketmq_ha::{
-    ClientError, ClientEvent, Config, ConnectionState, LogSink, PendingReport, SlaveLoop, Traffic,
+    ClientError, ClientEvent, Config, ConnectionState, LogSink, LogTruncate, SlaveLoop, Traffic,
     REJECTIONS_TO_REPORT,
 };
 use tracing::Span;
 
 use super::dial::resolve_blocking;
+use super::slave_protocol::{AutoSwitchSetup, AutoSwitchSlave, Outgoing, SlaveProtocol, Stored};
 use super::{block_until, lock, until, SharedLog, Stop, HISTORY};
 use crate::observe::CloseReason;
 use crate::Error;
@@ -45,8 +47,14 @@ pub struct SlaveStatus {
     pub state: ConnectionState,
     /// Connections the master ended cleanly (EOF): not counted in `failures`.
     pub closed_by_master: u64,
-    /// Bytes and frames moved so far, over every connection.
+    /// Bytes and frames moved so far, over every connection (an AutoSwitch slave counts
+    /// bytes only).
     pub traffic: Traffic,
+    /// AutoSwitch: the last epoch in the slave's history (`None` for a classic slave).
+    pub epoch: Option<i32>,
+    /// AutoSwitch: the confirm offset the master last sent, capped at what this slave stored
+    /// (`None` for a classic slave, or before the first transfer frame).
+    pub confirm_offset: Option<u64>,
 }
 
 /// The slave's shared state, given to a driver and kept by the user: the local commit log, the
@@ -67,6 +75,8 @@ struct SlaveInner<L> {
     /// The address of the last dial (`master` until the first).
     dialed: Mutex<SocketAddr>,
     seed: u64,
+    /// `Some` for an AutoSwitch slave.
+    autoswitch: Option<AutoSwitchSetup<L>>,
     state: Mutex<SlaveState>,
     stop: Stop,
 }
@@ -75,6 +85,8 @@ struct SlaveInner<L> {
 struct SlaveState {
     status: SlaveStatus,
     errors: VecDeque<Error>,
+    /// AutoSwitch: the history as last saved.
+    epochs: Option<EpochList>,
 }
 
 impl<L> Clone for SlaveHandle<L> {
@@ -110,12 +122,48 @@ impl<L> SlaveHandle<L> {
         let first = resolve_blocking(host)?[0];
         let seed = RandomState::new().hash_one(host);
         let host = Some(host.to_owned());
-        Ok(Self::build(first, host, SharedLog::new(log), config, seed))
+        Ok(Self::build(
+            first,
+            host,
+            SharedLog::new(log),
+            config,
+            seed,
+            None,
+        ))
+    }
+
+    /// An AutoSwitch slave (RocketMQ 5's controller mode, §5) of the master at `host`
+    /// (`HOST:PORT`, resolved now and before every dial, as in
+    /// [`with_host`](Self::with_host)), replicating into `log`. It loads its epoch history
+    /// from the options' epoch file, refuses an epoch older than that history
+    /// ([`Error::Role`]), and on its first connection cuts `log` back to the last point its
+    /// history shares with the master's.
+    pub fn autoswitch(
+        host: &str,
+        log: L,
+        config: Config,
+        options: AutoSwitchSlave,
+    ) -> Result<Self, Error>
+    where
+        L: LogTruncate,
+    {
+        let first = resolve_blocking(host)?[0];
+        let setup = AutoSwitchSetup::new(options, config, first)?;
+        let seed = RandomState::new().hash_one(host);
+        let host = Some(host.to_owned());
+        Ok(Self::build(
+            first,
+            host,
+            SharedLog::new(log),
+            config,
+            seed,
+            Some(setup),
+        ))
     }
 
     /// A slave replicating into an already shared log, with a fixed reconnect jitter `seed`.
     pub fn with_seed(master: SocketAddr, log: SharedLog<L>, config: Config, seed: u64) -> Self {
-        Self::build(master, None, log, config, seed)
+        Self::build(master, None, log, config, seed, None)
     }
 
     fn build(
@@ -124,7 +172,13 @@ impl<L> SlaveHandle<L> {
         log: SharedLog<L>,
         config: Config,
         seed: u64,
+        autoswitch: Option<AutoSwitchSetup<L>>,
     ) -> Self {
+        let mut state = SlaveState::default();
+        if let Some(setup) = &autoswitch {
+            state.status.epoch = setup.epochs.last().map(|e| e.epoch);
+            state.epochs = Some(setup.epochs.clone());
+        }
         SlaveHandle {
             inner: Arc::new(SlaveInner {
                 log,
@@ -133,10 +187,21 @@ impl<L> SlaveHandle<L> {
                 host,
                 dialed: Mutex::new(master),
                 seed,
-                state: Mutex::new(SlaveState::default()),
+                autoswitch,
+                state: Mutex::new(state),
                 stop: Stop::default(),
             }),
         }
+    }
+
+    /// AutoSwitch: the slave's epoch history as last saved (`None` for a classic slave).
+    pub fn epochs(&self) -> Option<EpochList> {
+        lock(&self.inner.state).epochs.clone()
+    }
+
+    /// Whether this slave speaks AutoSwitch.
+    pub fn is_autoswitch(&self) -> bool {
+        self.inner.autoswitch.is_some()
     }
 
     /// The local commit log.
@@ -225,7 +290,7 @@ impl<L> SlaveHandle<L> {
 /// reads, writes and sleeps, calling these at each step.
 pub(crate) struct SlaveDriver<L> {
     handle: SlaveHandle<L>,
-    lp: SlaveLoop,
+    lp: SlaveProtocol<L>,
     /// Whether the current connection has not stored anything yet (for
     /// [`SlaveStatus::first_stored_at`]).
     first_store_pending: bool,
@@ -242,7 +307,20 @@ pub(crate) struct SlaveDriver<L> {
 
 impl<L: LogSink> SlaveDriver<L> {
     pub(crate) fn new(handle: SlaveHandle<L>) -> Self {
-        let lp = SlaveLoop::new(handle.inner.config, handle.inner.seed, Instant::now());
+        let (config, seed, now) = (handle.inner.config, handle.inner.seed, Instant::now());
+        let lp = match &handle.inner.autoswitch {
+            None => SlaveProtocol::Classic(SlaveLoop::new(config, seed, now)),
+            Some(setup) => match setup.slave_loop(config, handle.inner.master, seed, now) {
+                Ok(lp) => SlaveProtocol::AutoSwitch {
+                    lp,
+                    truncate: setup.truncate,
+                    epoch_file: setup.options.epoch_file.clone(),
+                    traffic: Traffic::default(),
+                },
+                // The handle's constructor made the same loop from the same history.
+                Err(_) => unreachable!("the AutoSwitch setup was checked when the handle was made"),
+            },
+        };
         let span = tracing::info_span!("replicating", master = %handle.inner.master);
         SlaveDriver {
             handle,
@@ -258,15 +336,9 @@ impl<L: LogSink> SlaveDriver<L> {
     /// Stores every batch the loop has queued (the frames of a read, each starting where the
     /// previous ended, in one vectored append), and passes the loop's events on.
     pub(crate) fn store(&mut self) {
-        while let Some((from, batch)) = self.lp.poll_store() {
-            let result = self
-                .handle
-                .inner
-                .log
-                .update(|log| log.append_all(from, batch));
-            match result {
-                Ok(max) => {
-                    self.lp.handle_stored(max);
+        while let Some(step) = self.lp.store_next(&self.handle.inner.log) {
+            match step {
+                Stored::Appended => {
                     if self.first_store_pending {
                         self.first_store_pending = false;
                         lock(&self.handle.inner.state).status.first_stored_at =
@@ -274,21 +346,33 @@ impl<L: LogSink> SlaveDriver<L> {
                     }
                     self.sync_status(None);
                 }
-                Err(e) => {
-                    self.lp.handle_store_failed(Instant::now());
-                    self.sync_status(Some(e.into()));
+                Stored::History => {
+                    if let Some(client) = self.lp.autoswitch() {
+                        let epochs = client.epochs().clone();
+                        tracing::info!(parent: &self.span, epochs = ?epochs.entries(), "epoch history saved");
+                        lock(&self.handle.inner.state).epochs = Some(epochs);
+                    }
+                    self.sync_status(None);
                 }
+                Stored::Failed(e) => self.sync_status(Some(e)),
             }
         }
-        while let Some(event) = self.lp.poll_event() {
+        let Some(lp) = self.lp.classic_mut() else {
+            return;
+        };
+        let mut rejected = None;
+        while let Some(event) = lp.poll_event() {
             if let ClientEvent::Rejected { offset, closes } = event {
-                let addr = self.handle.master();
-                self.sync_status(Some(Error::Rejected {
-                    addr,
-                    offset,
-                    closes,
-                }));
+                rejected = Some((offset, closes));
             }
+        }
+        if let Some((offset, closes)) = rejected {
+            let addr = self.handle.master();
+            self.sync_status(Some(Error::Rejected {
+                addr,
+                offset,
+                closes,
+            }));
         }
     }
 
@@ -357,7 +441,7 @@ impl<L: LogSink> SlaveDriver<L> {
     }
 
     /// The report bytes to write now.
-    pub(crate) fn poll_write(&mut self) -> Option<PendingReport> {
+    pub(crate) fn poll_write(&mut self) -> Option<Outgoing> {
         self.lp.poll_write(Instant::now())
     }
 
@@ -386,7 +470,7 @@ impl<L: LogSink> SlaveDriver<L> {
         if tracing::enabled!(tracing::Level::TRACE) {
             let frames = self.lp.traffic().frames_in;
             if frames > self.logged_frames {
-                let stored = self.lp.client().stored_offset();
+                let stored = self.lp.stored_offset();
                 tracing::trace!(parent: &self.span, frames = frames - self.logged_frames, bytes = n, stored, "received");
                 self.logged_frames = frames;
             }
@@ -407,7 +491,7 @@ impl<L: LogSink> SlaveDriver<L> {
         let result = self.lp.handle_timeout(Instant::now());
         let addr = self.handle.master();
         match result {
-            Err(ClientError::ConnectTimeout { after }) => {
+            Err(Error::Client(ClientError::ConnectTimeout { after })) => {
                 self.span = self.dial_span.clone();
                 self.failed_dials = self.failed_dials.saturating_add(1);
                 self.sync_status(Some(Error::ConnectTimeout { addr, after }))
@@ -416,11 +500,8 @@ impl<L: LogSink> SlaveDriver<L> {
         }
     }
 
-    fn check(&mut self, result: Result<(), ClientError>) {
-        match result {
-            Ok(()) => self.sync_status(None),
-            Err(e) => self.sync_status(Some(e.into())),
-        }
+    fn check(&mut self, result: Result<(), Error>) {
+        self.sync_status(result.err());
     }
 
     /// Copies the loop's state into the handle's status and records `error`; wakes waiters
@@ -428,12 +509,21 @@ impl<L: LogSink> SlaveDriver<L> {
     fn sync_status(&self, error: Option<Error>) {
         let connected = self.lp.is_connected();
         let traffic = self.lp.traffic();
-        let client = self.lp.client();
-        let connection_state = client.connection_state();
-        let (local_failures, rejected) = (
-            client.local_failures(),
-            client.rejections() >= REJECTIONS_TO_REPORT,
-        );
+        let connection_state = self.lp.connection_state();
+        let (local_failures, rejected) = match self.lp.classic() {
+            Some(lp) => (
+                lp.client().local_failures(),
+                lp.client().rejections() >= REJECTIONS_TO_REPORT,
+            ),
+            None => (0, false),
+        };
+        let (epoch, confirm_offset) = match self.lp.autoswitch() {
+            Some(client) => (
+                client.epochs().last().map(|e| e.epoch),
+                client.confirm_offset(),
+            ),
+            None => (None, None),
+        };
         let changed = {
             let mut state = lock(&self.handle.inner.state);
             let status = &mut state.status;
@@ -447,6 +537,8 @@ impl<L: LogSink> SlaveDriver<L> {
             status.traffic = traffic;
             status.local_failures = local_failures;
             status.rejected = rejected;
+            status.epoch = epoch;
+            status.confirm_offset = confirm_offset;
             if status.state != ConnectionState::Shutdown {
                 status.state = connection_state;
             }
