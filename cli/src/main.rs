@@ -11,6 +11,7 @@ mod metrics;
 mod policy;
 mod produce;
 mod progress;
+mod protocol;
 mod records;
 mod seconds;
 mod signals;
@@ -223,6 +224,8 @@ struct MasterArgs {
     /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9712.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    protocol: protocol::ProtocolArgs,
 }
 
 #[derive(clap::Args)]
@@ -276,6 +279,8 @@ struct SlaveArgs {
     /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9713.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    protocol: protocol::ProtocolArgs,
 }
 
 #[derive(clap::Args)]
@@ -457,6 +462,11 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     if let Some(rate) = args.rate_limit {
         bench::at_least("--rate-limit", rate.0, rocketmq_ha::flow::MIN_RATE)?;
     }
+    let role = args.protocol.role()?;
+    if role.is_some() {
+        // The AutoSwitch loop has no flow control yet.
+        protocol::unsupported(args.rate_limit.is_some(), "--rate-limit")?;
+    }
     let conf = broker_conf(args.broker_conf.as_deref(), true)?;
     let port = match given.flag("listen") {
         true => None,
@@ -513,7 +523,23 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         Human(log.max_offset() - log.min_offset())
     );
     let transport = Transport::from(args.transport);
-    let master = MasterHandle::new(log, config);
+    let master = match role {
+        None => MasterHandle::new(log, config),
+        Some(role) => {
+            let master = MasterHandle::autoswitch(log, config, role.master(&store))
+                .context("taking the master role")?;
+            eprintln!(
+                "AutoSwitch master: broker {}, epoch {}; epochs {}",
+                role.broker_id,
+                role.epoch,
+                master
+                    .epochs()
+                    .map(|e| describe_epochs(&e))
+                    .unwrap_or_default()
+            );
+            master
+        }
+    };
     master.set_admission(args.access.admission());
     if let Some(rate) = args.rate_limit {
         let rate = std::num::NonZeroU64::new(rate.0.max(rocketmq_ha::flow::MIN_RATE))
@@ -623,6 +649,19 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// An epoch history as `epoch@start` entries, for the operator.
+fn describe_epochs(epochs: &rocketmq_ha::autoswitch::EpochList) -> String {
+    let entries: Vec<String> = epochs
+        .entries()
+        .iter()
+        .map(|e| format!("{}@{}", e.epoch, e.start))
+        .collect();
+    match entries.is_empty() {
+        true => "none yet".into(),
+        false => entries.join(", "),
+    }
+}
+
 /// Stops the flusher and syncs the store, for a clean stop: afterwards a machine crash loses
 /// nothing. Returns the synced offset.
 fn stop_and_sync(flusher: Flusher, log: &SharedLog<FileLog>) -> Result<u64, Failure> {
@@ -632,6 +671,11 @@ fn stop_and_sync(flusher: Flusher, log: &SharedLog<FileLog>) -> Result<u64, Fail
 }
 
 fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
+    let role = args.protocol.role()?;
+    if role.is_some() {
+        // The AutoSwitch client has neither check yet.
+        protocol::unsupported(args.verify, "--verify")?;
+    }
     let conf = broker_conf(args.broker_conf.as_deref(), false)?;
     let store = store_dir(args.store.take(), &conf)?;
     // flushDiskType=SYNC_FLUSH: what is acked is on disk.
@@ -686,8 +730,24 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
             ""
         }
     );
-    let slave = SlaveHandle::with_host(&master, log, slave_config)
-        .context(format_args!("resolving {master}"))?;
+    let slave = match role {
+        None => SlaveHandle::with_host(&master, log, slave_config)
+            .context(format_args!("resolving {master}"))?,
+        Some(role) => {
+            let slave = SlaveHandle::autoswitch(&master, log, slave_config, role.slave(&store))
+                .context("taking the slave role")?;
+            eprintln!(
+                "AutoSwitch slave: broker {}, following the master of epoch {}; epochs {}",
+                role.broker_id,
+                role.epoch,
+                slave
+                    .epochs()
+                    .map(|e| describe_epochs(&e))
+                    .unwrap_or_default()
+            );
+            slave
+        }
+    };
     // With --flush-before-ack every append syncs and the flusher finds nothing to do.
     let flusher = Flusher::spawn(slave.log().clone()).context("starting the flusher")?;
     signals::install();
@@ -810,6 +870,15 @@ fn follow(
             "rejected by the master, retrying".to_owned()
         } else {
             "connecting".to_owned()
+        };
+        let state = match status.epoch {
+            Some(epoch) => {
+                let confirm = status
+                    .confirm_offset
+                    .map_or_else(|| "none yet".to_owned(), |c| c.to_string());
+                format!("{state}, epoch {epoch}, confirm offset {confirm}")
+            }
+            None => state,
         };
         let note = match until {
             Some(u) => format!("lag {}  {state}", Human(u.saturating_sub(max))),

@@ -140,6 +140,7 @@ impl MasterStatus {
                 "frames_sent": slave.traffic.frames_out,
                 "bytes_received": slave.traffic.bytes_in,
                 "frames_received": slave.traffic.frames_in,
+                "broker_id": slave.broker_id,
             }));
         }
         let elapsed = self.started.elapsed().as_secs_f64();
@@ -153,6 +154,11 @@ impl MasterStatus {
             if let (Some(sync), Value::Object(map)) = (sync, &mut object) {
                 map.insert("sync_ok".into(), sync.ok.into());
                 map.insert("sync_failed".into(), sync.failed.into());
+            }
+            if let (Some(epoch), Value::Object(map)) = (master.epoch(), &mut object) {
+                map.insert("epoch".into(), epoch.into());
+                map.insert("confirm_offset".into(), json!(master.confirm_offset()));
+                map.insert("sync_state_set".into(), json!(master.sync_state_members()));
             }
             return emit("status", object);
         }
@@ -194,6 +200,13 @@ impl MasterStatus {
                 "; synchronous appends: {} acknowledged, {} not",
                 sync.ok, sync.failed
             );
+        }
+        if let (Some(epoch), Some(members)) = (master.epoch(), master.sync_state_members()) {
+            let confirm = master
+                .confirm_offset()
+                .map_or_else(|| "none yet".to_owned(), |c| c.to_string());
+            line +=
+                &format!("; epoch {epoch}, confirm offset {confirm}, sync-state set {members:?}");
         }
         println!("{line}");
     }
@@ -251,6 +264,8 @@ impl SlaveStatusJson {
                 "frames_received": status.traffic.frames_in,
                 "bytes_sent": status.traffic.bytes_out,
                 "frames_sent": status.traffic.frames_out,
+                "epoch": status.epoch,
+                "confirm_offset": status.confirm_offset,
             }),
         );
     }

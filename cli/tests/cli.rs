@@ -2,7 +2,6 @@
 //! slave in separate processes, help, and readable errors.
 
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use rocketmq_ha_transports::file_log::{compare_logs, FileLog, CHECKPOINT_FILE};
 
 mod common;
 
-use common::{KillOnDrop, TempStore, BIN};
+use common::{listening_address, start_master, KillOnDrop, TempStore, BIN};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let output = Command::new(BIN)
@@ -450,38 +449,6 @@ fn master_and_slave_flush_while_running_and_sync_on_sigterm() {
 /// Reads the master's stderr until it says where it listens.
 /// Starts `rocketmq-ha master --listen 127.0.0.1:0` with `store` and `more` options and
 /// `stdout`, and returns it once it listens, with its address.
-fn start_master(store: &[&str], more: &[&str], stdout: Stdio) -> (KillOnDrop, SocketAddr) {
-    let mut master = KillOnDrop(
-        Command::new(BIN)
-            .args(["master", "--listen", "127.0.0.1:0"])
-            .args(store)
-            .args(more)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let addr = listening_address(&mut master.0);
-    (master, addr)
-}
-
-fn listening_address(master: &mut Child) -> SocketAddr {
-    let stderr = master.stderr.take().expect("piped stderr");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lines = BufReader::new(stderr).lines();
-    while let Some(line) = lines.next() {
-        let line = line.expect("master output");
-        if let Some(rest) = line.strip_prefix("master listening on ") {
-            let addr = rest.split_whitespace().next().expect("an address");
-            // Keep draining, so the master's later messages never meet a closed pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            return addr.parse().expect("a socket address");
-        }
-        assert!(Instant::now() < deadline, "the master never listened");
-    }
-    panic!("the master exited before listening");
-}
-
 #[test]
 fn a_broker_conf_is_read_and_its_bad_values_are_named() {
     let dir = std::env::temp_dir().join(format!("rocketmq-ha-conf-{}", std::process::id()));
