@@ -102,6 +102,47 @@ const SYNC_OUTCOMES: [&str; 5] = [
     "not_enough_in_sync",
 ];
 
+/// AutoSwitch figures: the epoch and the confirm offset. Registered always (one list of names
+/// for the docs), with no series for the classic protocol.
+struct AutoSwitchMetrics {
+    epoch: Family<Labels, Gauge>,
+    confirm: Family<Labels, Gauge>,
+}
+
+impl AutoSwitchMetrics {
+    fn register(registry: &mut Registry, whose: &str) -> Self {
+        let metrics = AutoSwitchMetrics {
+            epoch: Family::default(),
+            confirm: Family::default(),
+        };
+        registry.register(
+            "epoch",
+            format!(
+                "AutoSwitch: the last epoch of {whose} history (absent for the classic protocol)"
+            ),
+            metrics.epoch.clone(),
+        );
+        registry.register(
+            "confirm_offset",
+            format!(
+                "AutoSwitch: the confirm offset {whose} side knows, below which every member of \
+                 the sync-state set has the log (absent before there is one)"
+            ),
+            metrics.confirm.clone(),
+        );
+        metrics
+    }
+
+    fn set(&self, epoch: Option<i32>, confirm: Option<u64>) {
+        if let Some(epoch) = epoch {
+            self.epoch.get_or_create(&Vec::new()).set(i64::from(epoch));
+        }
+        if let Some(confirm) = confirm {
+            self.confirm.get_or_create(&Vec::new()).set(gauge(confirm));
+        }
+    }
+}
+
 /// The master's metrics.
 pub struct MasterMetrics {
     registry: Registry,
@@ -117,6 +158,8 @@ pub struct MasterMetrics {
     sync_waits: Family<Labels, Counter>,
     sync_seconds: Histogram,
     pending_sync: Gauge,
+    autoswitch: AutoSwitchMetrics,
+    sync_state_set: Family<Labels, Gauge>,
     /// The slaves with series now, to remove those of slaves that left.
     listed: Mutex<BTreeSet<String>>,
 }
@@ -144,6 +187,8 @@ impl MasterMetrics {
             // slaveTimeout (3 s) when no slave answers.
             sync_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             pending_sync: Gauge::default(),
+            autoswitch: AutoSwitchMetrics::register(&mut registry, "the master's"),
+            sync_state_set: Family::default(),
             registry: Registry::default(),
             listed: Mutex::new(BTreeSet::new()),
         };
@@ -196,6 +241,12 @@ impl MasterMetrics {
             "Synchronous appends waiting for acks now",
             m.pending_sync.clone(),
         );
+        r.register(
+            "sync_state_set_size",
+            "AutoSwitch: members of the sync-state set, the master included (absent for the \
+             classic protocol)",
+            m.sync_state_set.clone(),
+        );
         for reason in CloseReason::ALL {
             drop(m.closes.get_or_create(&label("reason", reason.label())));
         }
@@ -231,6 +282,12 @@ impl MasterMetrics {
         self.slaves.set(gauge(slaves.len() as u64));
         self.in_sync.set(gauge(master.in_sync_count() as u64));
         self.pending_sync.set(gauge(master.pending_waits() as u64));
+        self.autoswitch.set(master.epoch(), master.confirm_offset());
+        if let Some(members) = master.sync_state_members() {
+            self.sync_state_set
+                .get_or_create(&Vec::new())
+                .set(gauge(members.len() as u64));
+        }
         raise(&self.accepted, totals.accepted);
         for (reason, n) in &totals.closes {
             raise(
@@ -274,6 +331,7 @@ pub struct SlaveMetrics {
     reconnects: Counter,
     closes: Family<Labels, Counter>,
     traffic: TrafficMetrics,
+    autoswitch: AutoSwitchMetrics,
 }
 
 impl SlaveMetrics {
@@ -287,6 +345,7 @@ impl SlaveMetrics {
             reconnects: Counter::default(),
             closes: Family::default(),
             traffic: TrafficMetrics::register(&mut registry, "", "over all connections"),
+            autoswitch: AutoSwitchMetrics::register(&mut registry, "the slave's"),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -343,6 +402,7 @@ impl SlaveMetrics {
             status.closed_by_master,
         );
         self.traffic.set(Vec::new(), status.traffic);
+        self.autoswitch.set(status.epoch, status.confirm_offset);
         encode(&self.registry)
     }
 }
@@ -416,7 +476,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use rocketmq_ha::{Config, MemoryLog};
-    use rocketmq_ha_transports::{MasterHandle, SlaveHandle, Transport};
+    use rocketmq_ha_transports::{
+        AutoSwitchMaster, AutoSwitchSlave, MasterHandle, SlaveHandle, Transport,
+    };
 
     use super::{MasterMetrics, SlaveMetrics};
 
@@ -450,29 +512,55 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn every_metric_is_documented_and_every_documented_metric_exists() {
-        // A slave connected and reporting, so that the per-slave series exist too.
+    /// Master and slave over loopback, the slave connected and reported (so that the per-slave
+    /// series exist too); the metrics each exports.
+    fn exported_by_pair(autoswitch: bool) -> (BTreeSet<String>, BTreeSet<String>) {
         let config = Config::default();
-        let master = MasterHandle::new(MemoryLog::new(1 << 20), config);
+        let (master, slave) = match autoswitch {
+            false => (MasterHandle::new(MemoryLog::new(1 << 20), config), None),
+            true => {
+                let log = MemoryLog::new(1 << 20);
+                let master = MasterHandle::autoswitch(log, config, AutoSwitchMaster::new(1, 1));
+                (master.unwrap(), Some(AutoSwitchSlave::new(2, 1)))
+            }
+        };
         let server = Transport::Blocking
             .spawn_master("127.0.0.1:0".parse().unwrap(), master.clone())
             .unwrap();
-        let slave = SlaveHandle::new(
-            server.local_addr().unwrap(),
-            MemoryLog::new(1 << 20),
-            config,
-        );
+        let addr = server.local_addr().unwrap();
+        let slave = match slave {
+            None => SlaveHandle::new(addr, MemoryLog::new(1 << 20), config),
+            Some(options) => {
+                let log = MemoryLog::new(1 << 20);
+                SlaveHandle::autoswitch(&addr.to_string(), log, config, options).unwrap()
+            }
+        };
         let client = Transport::Blocking.spawn_slave(slave.clone()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         assert!(
             master.wait_until_blocking(deadline, |m| m.slaves().iter().any(|s| s.acked.is_some()))
         );
-        let text = MasterMetrics::new().render(&master);
-        assert_eq!(exported(&text), documented("\nMaster:\n"), "{text}");
-        let text = SlaveMetrics::new().render(&slave);
-        assert_eq!(exported(&text), documented("\nSlave:\n"), "{text}");
+        if autoswitch {
+            assert!(slave.wait_until_blocking(deadline, |s| s.status().confirm_offset.is_some()));
+        }
+        let exported = (
+            exported(&MasterMetrics::new().render(&master)),
+            exported(&SlaveMetrics::new().render(&slave)),
+        );
         client.shutdown().unwrap();
         server.shutdown().unwrap();
+        exported
+    }
+
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        let (master, slave) = exported_by_pair(false);
+        let (as_master, as_slave) = exported_by_pair(true);
+        // The AutoSwitch figures are absent for the classic protocol, not zero.
+        assert!(!master.contains("rocketmq_ha_epoch"), "{master:?}");
+        assert!(!slave.contains("rocketmq_ha_confirm_offset"), "{slave:?}");
+        assert!(master.is_subset(&as_master) && slave.is_subset(&as_slave));
+        assert_eq!(as_master, documented("\nMaster:\n"));
+        assert_eq!(as_slave, documented("\nSlave:\n"));
     }
 }
