@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 
 pub mod blocking;
+mod broker;
 pub mod epoch_file;
 mod error;
 pub mod file_log;
@@ -81,6 +82,7 @@ pub mod smol;
 pub mod tokio;
 mod transport;
 
+pub use broker::{AutoSwitchBroker, BrokerRole};
 pub use error::Error;
 pub use observe::CloseReason;
 pub use shared::{

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::{loopback, pattern, Scratch};
 use rocketmq_ha::autoswitch::{EpochEntry, EpochList};
-use rocketmq_ha::{Config, ConnectionState};
+use rocketmq_ha::{Config, ConnectionState, MemoryLog};
 use rocketmq_ha_transports::epoch_file::EpochFile;
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
 use rocketmq_ha_transports::{
-    AutoSwitchMaster, AutoSwitchSlave, Error, MasterHandle, SlaveHandle, Transport,
+    AutoSwitchBroker, AutoSwitchMaster, AutoSwitchSlave, BrokerRole, Error, MasterHandle,
+    SlaveHandle, Transport,
 };
 
 const F: u64 = 64 * 1024;
@@ -131,6 +132,49 @@ fn a_switched_master_rejoins_as_slave_is_cut_and_converges(transport: Transport)
     );
 }
 
+/// The same story inside one process, through [`AutoSwitchBroker`]: roles change at run time
+/// over the same in-memory logs, and a stale order changes nothing.
+fn roles_change_at_run_time(transport: Transport) {
+    let memory = || MemoryLog::new(F);
+    let broker = |id| AutoSwitchBroker::new(memory(), config(), id, None, transport).unwrap();
+    let (mut a, mut b) = (broker(1), broker(2));
+
+    let master = a.become_master(1, loopback(), []).unwrap().clone();
+    master.append(pattern(0, 100 * 1024)).unwrap();
+    let addr_a = a.local_addr().unwrap().to_string();
+    let slave = b.become_slave(&addr_a, 1).unwrap().clone();
+    assert!(slave.wait_until_blocking(deadline(), |s| s.log().max_offset() == 100 * 1024));
+
+    // B stops following; A takes a tail B never gets; B becomes master of epoch 2.
+    b.stop().unwrap();
+    master.append(vec![0xAA; 7 * 1024]).unwrap();
+    let new_master = b.become_master(2, loopback(), [1]).unwrap().clone();
+    new_master.append(vec![0xBB; 50 * 1024]).unwrap();
+    let end = new_master.log().max_offset();
+    let addr_b = b.local_addr().unwrap().to_string();
+
+    // A, still master of epoch 1, is told to follow B: its tail is cut.
+    let follower = a.become_slave(&addr_b, 2).unwrap().clone();
+    assert!(
+        follower.wait_until_blocking(deadline(), |s| s.log().max_offset() == end
+            && s.epochs().is_some_and(|e| e.len() == 2)),
+        "A at {}; errors {:?}",
+        follower.log().max_offset(),
+        follower.take_errors()
+    );
+    let bytes =
+        |log: &rocketmq_ha_transports::SharedLog<MemoryLog>| log.read().copy_range(0, end).unwrap();
+    assert!(bytes(a.log()) == bytes(b.log()), "A differs from B");
+
+    // An order from epoch 1 now is stale: refused, and A keeps following B.
+    let refused = a.become_master(1, loopback(), []).unwrap_err();
+    assert!(matches!(refused, Error::Role(_)), "{refused}");
+    assert!(matches!(a.role(), BrokerRole::Slave(_)));
+    a.stop().unwrap();
+    assert_eq!(a.history().len(), 2);
+    b.stop().unwrap();
+}
+
 /// A master refuses an epoch older than its history, before it serves anything; so does a
 /// slave.
 fn an_older_epoch_is_refused(_transport: Transport) {
@@ -154,6 +198,11 @@ macro_rules! suite {
             #[test]
             fn a_switched_master_rejoins_as_slave_is_cut_and_converges() {
                 super::a_switched_master_rejoins_as_slave_is_cut_and_converges($transport);
+            }
+
+            #[test]
+            fn roles_change_at_run_time() {
+                super::roles_change_at_run_time($transport);
             }
 
             #[test]

@@ -536,8 +536,17 @@ impl<L: LogSource> MasterHandle<L> {
     /// No controller stands between this master and its sync-state set: it applies its own
     /// proposals (expand and shrink) at once, as a controller that always agrees would.
     pub fn autoswitch(log: L, config: Config, options: AutoSwitchMaster) -> Result<Self, Error> {
+        Self::autoswitch_with_shared_log(SharedLog::new(log), config, options)
+    }
+
+    /// [`autoswitch`](Self::autoswitch) over an already shared log.
+    pub fn autoswitch_with_shared_log(
+        log: SharedLog<L>,
+        config: Config,
+        options: AutoSwitchMaster,
+    ) -> Result<Self, Error> {
         let state = AutoSwitchState::become_master(config, &options, log.max_offset())?;
-        Ok(Self::build(SharedLog::new(log), config, Some(state)))
+        Ok(Self::build(log, config, Some(state)))
     }
 
     /// AutoSwitch: the confirm offset, the end of what every member of the sync-state set

@@ -31,6 +31,9 @@ pub struct AutoSwitchMaster {
     pub members: BTreeSet<BrokerId>,
     /// The epoch file (`epochFileCheckpoint`); `None` keeps the history in memory only.
     pub epoch_file: Option<EpochFile>,
+    /// The history to start from instead of the epoch file's (a broker changing roles in
+    /// memory).
+    pub(crate) history: Option<EpochList>,
 }
 
 impl AutoSwitchMaster {
@@ -42,6 +45,7 @@ impl AutoSwitchMaster {
             epoch,
             members: BTreeSet::from([broker_id]),
             epoch_file: None,
+            history: None,
         }
     }
 
@@ -80,9 +84,10 @@ impl AutoSwitchState {
         options: &AutoSwitchMaster,
         log_max: u64,
     ) -> Result<AutoSwitchState, Error> {
-        let epochs = match &options.epoch_file {
-            Some(file) => file.load()?,
-            None => EpochList::new(),
+        let epochs = match (&options.history, &options.epoch_file) {
+            (Some(history), _) => history.clone(),
+            (None, Some(file)) => file.load()?,
+            (None, None) => EpochList::new(),
         };
         let mut replica = Replica::new(config, options.broker_id, epochs);
         let changed = replica.become_master(

@@ -147,18 +147,24 @@ impl<L> SlaveHandle<L> {
     where
         L: LogTruncate,
     {
+        Self::autoswitch_with_shared_log(host, SharedLog::new(log), config, options)
+    }
+
+    /// [`autoswitch`](Self::autoswitch) into an already shared log.
+    pub fn autoswitch_with_shared_log(
+        host: &str,
+        log: SharedLog<L>,
+        config: Config,
+        options: AutoSwitchSlave,
+    ) -> Result<Self, Error>
+    where
+        L: LogTruncate,
+    {
         let first = resolve_blocking(host)?[0];
         let setup = AutoSwitchSetup::new(options, config, first)?;
         let seed = RandomState::new().hash_one(host);
         let host = Some(host.to_owned());
-        Ok(Self::build(
-            first,
-            host,
-            SharedLog::new(log),
-            config,
-            seed,
-            Some(setup),
-        ))
+        Ok(Self::build(first, host, log, config, seed, Some(setup)))
     }
 
     /// A slave replicating into an already shared log, with a fixed reconnect jitter `seed`.

@@ -30,6 +30,9 @@ pub struct AutoSwitchSlave {
     pub epoch_file: Option<EpochFile>,
     /// Replicate without ever joining the sync-state set (`asyncLearner`).
     pub async_learner: bool,
+    /// The history to start from instead of the epoch file's (a broker changing roles in
+    /// memory).
+    pub(crate) history: Option<EpochList>,
 }
 
 impl AutoSwitchSlave {
@@ -41,6 +44,7 @@ impl AutoSwitchSlave {
             epoch,
             epoch_file: None,
             async_learner: false,
+            history: None,
         }
     }
 
@@ -85,9 +89,10 @@ impl<L: LogTruncate> AutoSwitchSetup<L> {
         config: Config,
         master: SocketAddr,
     ) -> Result<Self, Error> {
-        let epochs = match &options.epoch_file {
-            Some(file) => file.load()?,
-            None => EpochList::new(),
+        let epochs = match (&options.history, &options.epoch_file) {
+            (Some(history), _) => history.clone(),
+            (None, Some(file)) => file.load()?,
+            (None, None) => EpochList::new(),
         };
         let setup = AutoSwitchSetup {
             options,
