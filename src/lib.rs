@@ -111,6 +111,7 @@ pub mod flow;
 mod log;
 mod master;
 mod master_loop;
+mod read_buffer;
 pub mod record;
 pub mod record_check;
 mod service;

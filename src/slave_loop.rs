@@ -9,19 +9,14 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::client::{ClientEvent, HaClient};
 use crate::config::Config;
 use crate::error::ClientError;
+use crate::read_buffer::ReadBuffer;
 use crate::traffic::Traffic;
 use crate::wire::REPORT_LEN;
-
-/// The smallest read the loop lends; also what an idle connection keeps allocated.
-const READ_MIN: usize = 8 * 1024;
-
-/// The largest read the loop lends: big enough to carry many frames per system call.
-const READ_MAX: usize = 256 * 1024;
 
 /// The unwritten part of a report: write [`as_bytes`](Self::as_bytes), then tell the loop how
 /// much went out with [`SlaveLoop::handle_written`].
@@ -64,15 +59,8 @@ impl PendingReport {
 #[derive(Debug)]
 pub struct SlaveLoop {
     client: HaClient,
-    /// The bytes of an incomplete frame (the first `filled`), then initialized room that reads
-    /// fill. Room left over after a read is lent again as it is, so bytes are zero-filled once
-    /// per pass through the buffer rather than once per read.
-    buf: BytesMut,
-    /// How many bytes at the front of `buf` are data from the master.
-    filled: usize,
-    /// The size of the next read: it grows while reads fill it (a stream is flowing) and
-    /// shrinks while they do not (an idle connection), between [`READ_MIN`] and [`READ_MAX`].
-    chunk: usize,
+    /// Where reads land; the bytes of an incomplete frame wait there.
+    buf: ReadBuffer,
     /// Appends taken from the machine, waiting for the disk: their first offset and bytes.
     queued: Vec<Bytes>,
     queued_from: u64,
@@ -98,9 +86,7 @@ impl SlaveLoop {
     pub fn new(config: Config, seed: u64, now: Instant) -> Self {
         SlaveLoop {
             client: HaClient::new(config, seed, now),
-            buf: BytesMut::new(),
-            filled: 0,
-            chunk: READ_MIN,
+            buf: ReadBuffer::default(),
             queued: Vec::new(),
             queued_from: 0,
             queued_len: 0,
@@ -147,7 +133,7 @@ impl SlaveLoop {
 
     /// Bytes of an incomplete frame held in the read buffer.
     pub fn buffered_len(&self) -> usize {
-        self.filled
+        self.buf.buffered().len()
     }
 
     // --- the disk ---
@@ -209,9 +195,7 @@ impl SlaveLoop {
     /// The dial connected; `stored_max` is the local log's max offset now.
     pub fn handle_connected(&mut self, now: Instant, stored_max: u64) {
         // Bytes of the previous connection mean nothing on this one.
-        self.buf = BytesMut::new();
-        self.filled = 0;
-        self.chunk = READ_MIN;
+        self.buf = ReadBuffer::default();
         self.report = None;
         self.client.handle_connected(now, stored_max);
     }
@@ -231,43 +215,17 @@ impl SlaveLoop {
 
     /// Space to read into; say what was read with [`handle_read`](Self::handle_read).
     pub fn read_buf(&mut self) -> &mut [u8] {
-        if self.buf.len() - self.filled < self.chunk {
-            // Room for the rest of the frame at once (the machine bounds it by
-            // `max_frame_size`), so a large frame is not copied as the buffer grows. Twice the
-            // read size is initialized, so the next few reads reuse it without zero-filling.
-            let wanted = self.client.bytes_wanted(&self.buf[..self.filled]);
-            self.buf.truncate(self.filled);
-            self.buf.reserve(wanted.max(2 * self.chunk));
-            self.buf.resize(self.filled + 2 * self.chunk, 0);
-        }
-        &mut self.buf[self.filled..]
+        // Room for the rest of the frame at once (the machine bounds it by `max_frame_size`).
+        let wanted = self.client.bytes_wanted(self.buf.buffered());
+        self.buf.lend(wanted)
     }
 
     /// `n` bytes were read into [`read_buf`](Self::read_buf) (`n` > 0; a read of 0 is EOF:
     /// call [`handle_closed`](Self::handle_closed)). An error closes the connection.
     pub fn handle_read(&mut self, now: Instant, n: usize) -> Result<(), ClientError> {
-        let lent = self.buf.len() - self.filled;
-        let n = n.min(lent);
+        let client = &mut self.client;
+        let (n, result) = self.buf.fill(n, |data| client.handle_input(now, data));
         self.traffic.bytes_in += n as u64;
-        // A read that filled what it was lent suggests more is waiting: read more at once. A
-        // read far smaller than that suggests an idle connection: lend less.
-        if n == lent {
-            self.chunk = (2 * self.chunk).min(READ_MAX);
-        } else if n < self.chunk / 4 {
-            self.chunk = (self.chunk / 2).max(READ_MIN);
-        }
-        // Hand the machine only the data; the room after it stays in `self.buf`.
-        let mut data = self.buf.split_to(self.filled + n);
-        let result = self.client.handle_input(now, &mut data);
-        self.filled = data.len();
-        // `data` ends where the room begins, so this joins them without copying.
-        data.unsplit(std::mem::take(&mut self.buf));
-        self.buf = data;
-        if self.filled == 0 && self.chunk == READ_MIN && self.buf.capacity() > 4 * READ_MIN {
-            // Idle with nothing pending: give a burst's large buffer back rather than hold it
-            // for the life of the connection.
-            self.buf = BytesMut::new();
-        }
         self.pump();
         result
     }

@@ -9,17 +9,13 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::client::{Client, ClientEvent, Outbound};
 use super::epoch::EpochList;
 use super::error::ClientError;
 use super::wire::{HANDSHAKE_HEADER_LEN, TRANSFER_HEADER_LEN};
-
-/// The smallest read the loop lends; also what an idle connection keeps allocated.
-const READ_MIN: usize = 8 * 1024;
-/// The largest read the loop lends.
-const READ_MAX: usize = 256 * 1024;
+use crate::read_buffer::ReadBuffer;
 
 /// A disk operation for the driver, from [`SlaveLoop::poll_disk`].
 #[derive(Debug, PartialEq, Eq)]
@@ -68,9 +64,8 @@ enum Queued {
 #[derive(Debug)]
 pub struct SlaveLoop {
     client: Client,
-    buf: BytesMut,
-    filled: usize,
-    chunk: usize,
+    /// Where reads land; the bytes of an incomplete frame wait there.
+    buf: ReadBuffer,
     connected: bool,
     queue: VecDeque<Queued>,
     /// The operation handed out and not answered.
@@ -86,9 +81,7 @@ impl SlaveLoop {
     pub fn new(client: Client, max_frame_size: u32) -> Self {
         SlaveLoop {
             client,
-            buf: BytesMut::new(),
-            filled: 0,
-            chunk: READ_MIN,
+            buf: ReadBuffer::default(),
             connected: false,
             queue: VecDeque::new(),
             out: None,
@@ -187,9 +180,7 @@ impl SlaveLoop {
 
     /// The dial connected; `stored_max` is the log's max now.
     pub fn handle_connected(&mut self, now: Instant, stored_max: u64) {
-        self.buf = BytesMut::new();
-        self.filled = 0;
-        self.chunk = READ_MIN;
+        self.buf = ReadBuffer::default();
         self.write = None;
         self.client.handle_connected(now, stored_max);
         self.pump();
@@ -210,33 +201,18 @@ impl SlaveLoop {
 
     /// Space to read into; say how much was read with [`handle_read`](Self::handle_read).
     pub fn read_buf(&mut self) -> &mut [u8] {
-        if self.buf.len() - self.filled < self.chunk {
-            // Room for the whole frame at once, but never more than a valid frame can need:
-            // the size field is the peer's say-so until the machine has checked it.
-            let wanted = frame_len(&self.buf[..self.filled])
-                .unwrap_or(0)
-                .min(self.max_frame_size);
-            self.buf.truncate(self.filled);
-            self.buf.reserve(wanted.max(2 * self.chunk));
-            self.buf.resize(self.filled + 2 * self.chunk, 0);
-        }
-        &mut self.buf[self.filled..]
+        // Room for the whole frame at once, but never more than a valid frame can need: the
+        // size field is the peer's say-so until the machine has checked it.
+        let wanted = frame_len(self.buf.buffered())
+            .unwrap_or(0)
+            .min(self.max_frame_size);
+        self.buf.lend(wanted)
     }
 
     /// `n` bytes were read into [`read_buf`](Self::read_buf). An error closes the connection.
     pub fn handle_read(&mut self, now: Instant, n: usize) -> Result<(), ClientError> {
-        let lent = self.buf.len() - self.filled;
-        let n = n.min(lent);
-        if n == lent {
-            self.chunk = (2 * self.chunk).min(READ_MAX);
-        } else if n < self.chunk / 4 {
-            self.chunk = (self.chunk / 2).max(READ_MIN);
-        }
-        let mut data = self.buf.split_to(self.filled + n);
-        let result = self.client.handle_input(now, &mut data);
-        self.filled = data.len();
-        data.unsplit(std::mem::take(&mut self.buf));
-        self.buf = data;
+        let client = &mut self.client;
+        let (_, result) = self.buf.fill(n, |data| client.handle_input(now, data));
         self.pump();
         result
     }
@@ -440,6 +416,9 @@ mod tests {
         read(&mut l, t0, &[0, 0, 0, 2, 0x7f, 0xff, 0xff, 0xff]).unwrap();
         l.read_buf();
         let held = l.buf.capacity();
-        assert!(held <= 64 * 1024 + 4 * READ_MAX, "holds {held} bytes");
+        assert!(
+            held <= 64 * 1024 + 4 * crate::read_buffer::READ_MAX,
+            "holds {held} bytes"
+        );
     }
 }
