@@ -724,6 +724,20 @@ impl FileLog {
         self.walk.as_ref()
     }
 
+    /// RocketMQ format, before this process first changes the store: leaves RocketMQ's
+    /// `abort` marker, so that a crash before the clean close makes a broker walk every
+    /// record (its abnormal recovery). A marker someone else left stays theirs.
+    pub(crate) fn mark_abort(&mut self) -> Result<(), FileLogError> {
+        if self.format == StoreFormat::RocketMq && self.abort == Abort::Unmarked {
+            self.abort = if rocketmq::mark_abort(&self.root)? {
+                Abort::Ours
+            } else {
+                Abort::Theirs
+            };
+        }
+        Ok(())
+    }
+
     /// RocketMQ format, before the first append: deletes the segment files after the one
     /// holding the end and, if a bad record ended the recovery walk, zeroes the rest of that
     /// segment, so that nothing recovery rejected can pass for records after new ones.
@@ -837,13 +851,7 @@ impl FileLog {
         if self.tail_dirty {
             self.clean_rocketmq_tail()?;
         }
-        if self.format == StoreFormat::RocketMq && self.abort == Abort::Unmarked {
-            self.abort = if rocketmq::mark_abort(&self.root)? {
-                Abort::Ours
-            } else {
-                Abort::Theirs
-            };
-        }
+        self.mark_abort()?;
         let total = pieces.iter().map(|p| p.len() as u64).sum::<u64>();
         match offset.checked_add(total) {
             Some(end) if end <= MAX_LOG_OFFSET => {}

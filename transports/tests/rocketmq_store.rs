@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use rocketmq_ha::record::{LogWriter, Message, RecordFault};
-use rocketmq_ha::LogSource;
+use rocketmq_ha::{LogSink, LogSource};
 use rocketmq_ha_transports::file_log::{
     segment_file_name, FileLog, FileLogError, StoreFormat, COMMITLOG_DIR, ROCKETMQ_ABORT_FILE,
     ROCKETMQ_CHECKPOINT_FILE, ROCKETMQ_CHECKPOINT_LEN, ROCKETMQ_LOCK_FILE,
@@ -399,4 +399,57 @@ fn a_store_asked_for_in_the_other_format_is_refused_naming_both() {
     }
     let log = FileLog::open_or_create_in(&store.0, F, StoreFormat::Raw).unwrap();
     assert_eq!(log.mode(), StoreFormat::Raw);
+}
+
+#[test]
+fn a_rocketmq_store_is_cut_on_a_record_boundary_keeping_full_size_files() {
+    let store = empty_scratch("cut");
+    let (log, offsets) = encode(400);
+    let mut file_log = FileLog::create_in(&store.0, F, StoreFormat::RocketMq).unwrap();
+    file_log.append_at_end(&log).unwrap();
+    file_log.close().unwrap();
+
+    // Cut at a record in the middle of the second segment, as an AutoSwitch slave is cut to
+    // the start of its new master's epoch.
+    let cut = *offsets.iter().find(|&&o| o > F + F / 2).unwrap();
+    let mut file_log = FileLog::open(&store.0, F).unwrap();
+    assert_eq!(file_log.truncate_to(cut).unwrap(), cut);
+    assert_eq!(file_log.max_offset(), cut);
+    assert!(
+        store.0.join(ROCKETMQ_ABORT_FILE).exists(),
+        "changed and not closed: a broker must recover as after a crash"
+    );
+    file_log.close().unwrap();
+    for entry in fs::read_dir(store.0.join(COMMITLOG_DIR)).unwrap() {
+        let entry = entry.unwrap();
+        assert_eq!(entry.metadata().unwrap().len(), F, "{entry:?}");
+        assert!(entry.file_name() <= *segment_file_name(segment_start(cut)).as_str());
+    }
+
+    // Recovery (ours walks records as RocketMQ's does) ends exactly at the cut.
+    let reopened = FileLog::open(&store.0, F).unwrap();
+    assert_eq!(reopened.max_offset(), cut);
+    assert_eq!(reopened.record_walk().unwrap().first_bad, None);
+    assert_eq!(reopened.copy_range(0, cut).unwrap(), log[..cut as usize]);
+    drop(reopened);
+
+    // An empty RocketMQ store starts only on a segment boundary: a cut below the oldest byte
+    // that is not on one is refused and changes nothing; one that is empties the store.
+    let later = empty_scratch("cut-later");
+    let mut file_log = FileLog::create_in(&later.0, F, StoreFormat::RocketMq).unwrap();
+    file_log.append(2 * F, log[..1000].to_vec().into()).unwrap();
+    assert!(matches!(
+        file_log.truncate_to(100),
+        Err(FileLogError::UnalignedStart { offset: 100, .. })
+    ));
+    assert_eq!(
+        (file_log.min_offset(), file_log.max_offset()),
+        (2 * F, 2 * F + 1000)
+    );
+    assert_eq!(file_log.truncate_to(F).unwrap(), F);
+    assert_eq!((file_log.min_offset(), file_log.max_offset()), (F, F));
+}
+
+fn segment_start(offset: u64) -> u64 {
+    offset - offset % F
 }

@@ -9,7 +9,6 @@
 //! mapped. Segments after the cut are unlinked, which leaves their mappings valid as well.
 
 use std::fs::{self, OpenOptions};
-use std::io;
 use std::os::unix::fs::FileExt;
 
 use rocketmq_ha::{segment_start, LogError, LogTruncate};
@@ -33,8 +32,15 @@ impl FileLog {
     ///
     /// A cut at or below the oldest retained byte leaves no byte: the store becomes empty,
     /// starting and ending at `offset` (the next append may start anywhere, as in a new
-    /// store). Refused, changing nothing: RocketMQ-format stores, whose preallocated segments
-    /// end where the record walk ends (RocketMQ needs a cut on a record boundary there).
+    /// store).
+    ///
+    /// A RocketMQ-format store keeps its segment files full-size: the rest of the segment that
+    /// holds the cut is zeros, where RocketMQ's recovery walk stops. The cut must fall on a
+    /// record boundary for a broker to recover up to it (an epoch's start is one); a cut inside
+    /// a record makes recovery end at the record before, a shorter prefix of the same log. An
+    /// empty RocketMQ-format store starts only on a segment boundary, so a cut below the
+    /// oldest byte that is not on one is refused first ([`FileLogError::UnalignedStart`]),
+    /// changing nothing.
     pub fn truncate_to(&mut self, offset: u64) -> Result<u64, FileLogError> {
         if self.poisoned {
             return Err(FileLogError::Poisoned);
@@ -43,14 +49,15 @@ impl FileLog {
             return Ok(self.max);
         }
         if self.format == StoreFormat::RocketMq {
-            return Err(FileLogError::io(
-                "truncate",
-                &self.root,
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "truncating a RocketMQ-format store is not supported",
-                ),
-            ));
+            if offset <= self.min && !offset.is_multiple_of(self.segment_size) {
+                return Err(FileLogError::UnalignedStart {
+                    offset,
+                    segment_size: self.segment_size,
+                });
+            }
+            self.mark_abort()?;
+            // Everything after the cut goes: nothing recovery rejected is left to clean.
+            self.tail_dirty = false;
         }
         if offset <= self.min {
             return self.empty_at(offset);
@@ -117,7 +124,12 @@ impl FileLog {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| FileLogError::io("create", &tmp, e))?;
-        file.set_len(end - start)
+        // RocketMQ's segments are full-size, zeros after the log's end.
+        let len = match self.format {
+            StoreFormat::RocketMq => self.segment_size,
+            StoreFormat::Raw => end - start,
+        };
+        file.set_len(len)
             .and_then(|()| file.write_all_at(&prefix, from - start))
             .and_then(|()| file.sync_all())
             .map_err(|e| FileLogError::io("write", &tmp, e))?;
