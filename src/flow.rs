@@ -113,6 +113,27 @@ impl Budget {
         self.tokens -= i128::from(bytes) * NANOS;
     }
 
+    /// A frame of a `header_len`-byte header and up to `body_len` bytes of body, as §3.9 lets
+    /// it go: once the budget holds half a frame (or all of a smaller one), it carries what the
+    /// budget allows (`Ok`: the body bytes, already spent, never 0 for a body); before that,
+    /// `Err` says when to look again. Never an empty data frame.
+    pub(crate) fn admit(
+        &mut self,
+        header_len: u64,
+        body_len: u64,
+        now: Instant,
+    ) -> Result<u64, Instant> {
+        let frame_len = header_len + body_len;
+        let threshold = frame_len.min((self.capacity() / 2).max(header_len + 1));
+        if !self.allows(threshold, now) {
+            return Err(self.ready_at(threshold));
+        }
+        let room = self.available(now).saturating_sub(header_len);
+        let body = room.min(body_len);
+        self.spend(header_len + body, now);
+        Ok(body)
+    }
+
     /// When `bytes` (at most the capacity) will be available.
     pub(crate) fn ready_at(&self, bytes: u64) -> Instant {
         let need = i128::from(bytes.min(self.capacity)) * NANOS - self.tokens;

@@ -463,10 +463,6 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         bench::at_least("--rate-limit", rate.0, rocketmq_ha::flow::MIN_RATE)?;
     }
     let role = args.protocol.role()?;
-    if role.is_some() {
-        // The AutoSwitch loop has no flow control yet.
-        protocol::unsupported(args.rate_limit.is_some(), "--rate-limit")?;
-    }
     let conf = broker_conf(args.broker_conf.as_deref(), true)?;
     let port = match given.flag("listen") {
         true => None,

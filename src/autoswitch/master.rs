@@ -15,6 +15,7 @@ use super::wire::{
 };
 use crate::config::Config;
 use crate::connection_state::ConnectionState;
+use crate::flow::Budget;
 use crate::log::{segment_start, LogSource};
 use crate::timer::{Clock, Timer, TimerTable};
 
@@ -185,6 +186,10 @@ pub struct MasterConnection {
     last_write_progress: Instant,
     last_caught_up_event: Option<Instant>,
     events: VecDeque<MasterEvent>,
+    /// The flow-control budget (§3.9, as for the classic master), when a rate limit is set.
+    budget: Option<Budget>,
+    /// When the budget will let the waiting data go.
+    flow_ready: Option<Instant>,
 }
 
 impl MasterConnection {
@@ -209,7 +214,36 @@ impl MasterConnection {
             last_write_progress: now,
             last_caught_up_event: None,
             events: VecDeque::new(),
+            budget: config
+                .rate_limit()
+                .map(|rate| Budget::new(rate, Self::budget_capacity(&config), now)),
+            flow_ready: None,
         }
+    }
+
+    /// The flow-control budget holds one full frame.
+    fn budget_capacity(config: &Config) -> u64 {
+        u64::from(config.transfer_batch_size()) + TRANSFER_HEADER_LEN as u64
+    }
+
+    /// Sets or lifts the rate limit at run time (§3.9): the bytes a second, headers and bodies,
+    /// this connection may send. RocketMQ's AutoSwitch master has no flow control; ours limits
+    /// as the classic master does.
+    pub fn set_rate_limit(&mut self, now: Instant, rate: Option<std::num::NonZeroU64>) {
+        let now = self.clock.advance(now);
+        match (rate, self.budget.as_mut()) {
+            (None, _) => self.budget = None,
+            (Some(rate), Some(budget)) => budget.set_rate(rate, now),
+            (Some(rate), None) => {
+                self.budget = Some(Budget::new(rate, Self::budget_capacity(&self.config), now))
+            }
+        }
+        self.flow_ready = None;
+    }
+
+    /// The rate limit in force, in bytes a second.
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.budget.as_ref().map(Budget::rate)
     }
 
     // --- getters ---
@@ -404,6 +438,17 @@ impl MasterConnection {
         if !body.is_empty() {
             // A log returning more than asked must not make a frame cross an epoch.
             body.truncate(max_len);
+            if let Some(budget) = self.budget.as_mut() {
+                let header_len = TRANSFER_HEADER_LEN as u64;
+                match budget.admit(header_len, body.len() as u64, now) {
+                    Ok(allowed) => body.truncate(allowed as usize),
+                    Err(ready) => {
+                        self.flow_ready = Some(ready);
+                        return Ok(self.heartbeat_if_due(now, header(0)));
+                    }
+                }
+            }
+            self.flow_ready = None;
             let h = header(body.len() as u32);
             self.next = Some(next + u64::from(h.body_len));
             self.last_transfer = Some((log.max_offset(), now));
@@ -418,12 +463,20 @@ impl MasterConnection {
                 self.events.push_back(MasterEvent::CaughtUp { broker_id });
             }
         }
-        if self.heartbeat_due(now) {
-            return Ok(Some(
-                self.hand_out(now, Transmit::transfer(header(0), Bytes::new())),
-            ));
+        self.flow_ready = None;
+        Ok(self.heartbeat_if_due(now, header(0)))
+    }
+
+    /// A heartbeat when one is due. It goes even on a spent budget (on credit): the slave's
+    /// housekeeping must not close a connection that is only being held back.
+    fn heartbeat_if_due(&mut self, now: Instant, header: TransferHeader) -> Option<Transmit> {
+        if !self.heartbeat_due(now) {
+            return None;
         }
-        Ok(None)
+        if let Some(budget) = self.budget.as_mut() {
+            budget.spend(TRANSFER_HEADER_LEN as u64, now);
+        }
+        Some(self.hand_out(now, Transmit::transfer(header, Bytes::new())))
     }
 
     /// The next event, if any.
@@ -445,7 +498,10 @@ impl MasterConnection {
         } else if self.state == ConnectionState::Transfer {
             let heartbeat = self.timers.get(Timer::Heartbeat).unwrap_or(now);
             let refresh = self.last_caught_up_event.map(|at| at + CAUGHT_UP_REFRESH);
-            (Some(heartbeat), refresh)
+            let work = self
+                .flow_ready
+                .map_or(heartbeat, |ready| ready.min(heartbeat));
+            (Some(work), refresh)
         } else {
             (None, None)
         };
@@ -610,6 +666,59 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(m.connection_state(), ConnectionState::Handshake);
+    }
+
+    #[test]
+    fn a_rate_limit_holds_over_every_window() {
+        let t0 = Instant::now();
+        let rate = 64 * 1024;
+        let batch = 16 * 1024;
+        let data = log(1 << 20, 1 << 30);
+        let list = epochs(&[(1, 0)]);
+        let mut m = MasterConnection::new(config(batch), t0);
+        m.set_rate_limit(t0, std::num::NonZeroU64::new(rate));
+        assert_eq!(m.rate_limit(), Some(rate));
+        m.handle_input(t0, &handshake(2, false, false)).unwrap();
+        let answer = m.poll_transmit(t0, &data, &list, None).unwrap().unwrap();
+        deliver(&mut m, t0, answer);
+        m.handle_input(t0, &encode_report(0)).unwrap();
+        // Ten seconds of a driver that sends whenever it may and otherwise sleeps until the
+        // machine's deadline; the slave keeps reporting so housekeeping stays quiet.
+        let mut now = t0;
+        let mut sent: Vec<(Instant, u64)> = Vec::new();
+        let mut next = 0;
+        while now < t0 + Duration::from_secs(10) {
+            match m.poll_transmit(now, &data, &list, None).unwrap() {
+                Some(t) => {
+                    let len = t.remaining() as u64;
+                    let (header, body) = transfer(deliver(&mut m, now, t));
+                    assert_eq!(header.offset, Some(next), "frames follow each other");
+                    next += body.len() as u64;
+                    sent.push((now, len));
+                    m.handle_input(now, &encode_report(next)).unwrap();
+                }
+                None => {
+                    let deadline = m.poll_timeout().unwrap();
+                    assert!(deadline > now, "a deadline in the past would spin");
+                    now = deadline;
+                    m.handle_timeout(now).unwrap();
+                }
+            }
+        }
+        assert!(next > 0);
+        // Over any window, at most the rate, one frame and one heartbeat on credit.
+        let frame = u64::from(batch) + TRANSFER_HEADER_LEN as u64;
+        for (i, &(start, _)) in sent.iter().enumerate() {
+            let mut bytes = 0;
+            for &(at, len) in &sent[i..] {
+                bytes += len;
+                let window = (at - start).as_secs_f64();
+                let allowed = rate as f64 * window + (frame + TRANSFER_HEADER_LEN as u64) as f64;
+                assert!(bytes as f64 <= allowed, "{bytes} bytes in {window} s");
+            }
+        }
+        // And the limit is used: nine of the ten seconds' worth at least.
+        assert!(next >= 9 * rate, "only {next} bytes in 10 s");
     }
 
     #[test]

@@ -79,6 +79,12 @@ impl MasterLoop {
         self.conn.on_transmitted(now)
     }
 
+    /// Sets or lifts the rate limit (see
+    /// [`MasterConnection::set_rate_limit`]).
+    pub fn set_rate_limit(&mut self, now: Instant, rate: Option<std::num::NonZeroU64>) {
+        self.conn.set_rate_limit(now, rate);
+    }
+
     /// The next deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.conn.poll_timeout()

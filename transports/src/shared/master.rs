@@ -669,10 +669,6 @@ impl<L> ConnectionGuard<L> {
     /// Gives the loop the rate limit in force when it changed since `seen` (a generation);
     /// the split of a shared limit is the core's [`RateLimit::per_connection`].
     pub(crate) fn apply_rate_limit(&self, machine: &mut MasterProtocol, seen: &mut Option<u64>) {
-        // The AutoSwitch loop has no flow control yet.
-        let Some(machine) = machine.classic_mut() else {
-            return;
-        };
         let generation = self.master.inner.rate_generation.load(Ordering::SeqCst);
         if *seen == Some(generation) {
             return;

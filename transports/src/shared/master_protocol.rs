@@ -321,11 +321,11 @@ impl MasterProtocol {
         }
     }
 
-    /// The classic loop, for what only it has (the rate limit, its events).
-    pub(crate) fn classic_mut(&mut self) -> Option<&mut MasterLoop> {
+    /// Sets or lifts the rate limit (§3.9), the same for both protocols.
+    pub(crate) fn set_rate_limit(&mut self, now: Instant, rate: Option<std::num::NonZeroU64>) {
         match self {
-            MasterProtocol::Classic(lp) => Some(lp),
-            MasterProtocol::AutoSwitch { .. } => None,
+            MasterProtocol::Classic(lp) => lp.set_rate_limit(now, rate),
+            MasterProtocol::AutoSwitch { lp, .. } => lp.set_rate_limit(now, rate),
         }
     }
 }
