@@ -196,3 +196,46 @@ fn autoswitch_flags_are_checked_with_their_names() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn bench_measures_autoswitch_replication_and_sync_puts() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "--protocol",
+            "autoswitch",
+            "--only",
+            "throughput,latency",
+        ])
+        .args([
+            "--bytes",
+            "4MiB",
+            "--segment-size",
+            "1MiB",
+            "--batch-size",
+            "256KiB",
+        ])
+        .args([
+            "--messages",
+            "20",
+            "--message-sizes",
+            "1KiB",
+            "--transport",
+            "blocking,smol",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // One replication row and one sync row per transport (the slave's bytes were verified).
+    for transport in ["blocking", "smol"] {
+        let rows = stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with(transport))
+            .count();
+        assert_eq!(rows, 2, "{transport}:\n{stdout}");
+    }
+}

@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rocketmq_ha::Config;
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog};
-use rocketmq_ha_transports::{MasterHandle, Transport};
+use rocketmq_ha_transports::{AutoSwitchMaster, MasterHandle, Transport};
 
 use super::{poll_until, Peers};
+use crate::protocol::ProtocolArg;
 use crate::size::Size;
 use crate::{Context, Failure, Generator};
 
@@ -20,9 +21,11 @@ pub(super) struct Latency {
     pub(super) percentiles: [f64; 4],
 }
 
+#[allow(clippy::too_many_arguments)] // each is one of the run's settings
 pub(super) fn sync_latency(
     transport: Transport,
     config: Config,
+    protocol: ProtocolArg,
     sizes: &[Size],
     messages: usize,
     segment: u64,
@@ -34,7 +37,13 @@ pub(super) fn sync_latency(
         dir.join(format!("sync-slave-{transport}")),
     );
     let log = FileLog::create(&stores.0, segment).context("creating the sync master store")?;
-    let master = MasterHandle::new(log, config);
+    let master = match protocol {
+        ProtocolArg::Classic => MasterHandle::new(log, config),
+        ProtocolArg::Autoswitch => {
+            MasterHandle::autoswitch(log, config, AutoSwitchMaster::new(1, 1))
+                .context("taking the master role")?
+        }
+    };
     let server = transport
         .spawn_master(peers.bind_addr(), master.clone())
         .context("starting the master")?;
@@ -52,6 +61,17 @@ pub(super) fn sync_latency(
             .arg("--store")
             .arg(&stores.1)
             .args(["--segment-size", &segment.to_string()])
+            .args(match protocol {
+                ProtocolArg::Classic => &[][..],
+                ProtocolArg::Autoswitch => &[
+                    "--protocol",
+                    "autoswitch",
+                    "--broker-id",
+                    "2",
+                    "--epoch",
+                    "1",
+                ][..],
+            })
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -228,6 +228,7 @@ pub(super) fn run(args: LinkArgs<'_>) -> Result<(), Failure> {
     let puts = sync_latency(
         args.transport,
         config,
+        crate::protocol::ProtocolArg::Classic,
         args.sizes,
         args.messages,
         args.segment,

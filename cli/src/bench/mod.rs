@@ -108,6 +108,10 @@ pub struct BenchArgs {
     /// cost, against a run without this flag.
     #[arg(long)]
     records: bool,
+    /// Replication protocol of the throughput and sync-latency tests: classic, or RocketMQ 5's
+    /// AutoSwitch (master broker 1 at epoch 1, slave broker 2).
+    #[arg(long, value_enum, default_value_t)]
+    protocol: crate::protocol::ProtocolArg,
     /// Messages per size in the sync-latency test.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     messages: usize,
@@ -323,7 +327,15 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
                 } else {
                     config
                 };
-                let sample = replicate(transport, config, reader, total, &dir.0, slot)?;
+                let sample = replicate(
+                    transport,
+                    config,
+                    args.protocol,
+                    reader,
+                    total,
+                    &dir.0,
+                    slot,
+                )?;
                 note(format_args!(
                     "  {transport}, batch {}: {:.0} MB/s, first byte {:.0} us after connecting",
                     Human(sample.batch),
@@ -364,6 +376,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
             latencies.extend(sync_latency(
                 transport,
                 configs[0],
+                args.protocol,
                 &args.message_sizes,
                 args.messages.max(1),
                 segment,

@@ -4,12 +4,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rocketmq_ha::autoswitch::{EpochEntry, EpochList};
 use rocketmq_ha::{Config, LogSource};
 use rocketmq_ha_transports::file_log::{compare_logs, FileLog, FileLogReader};
-use rocketmq_ha_transports::{MasterHandle, SlaveHandle, Transport};
+use rocketmq_ha_transports::{
+    AutoSwitchMaster, AutoSwitchSlave, MasterHandle, SlaveHandle, Transport,
+};
 
 use super::probe::ThreadTimes;
 use super::{loopback_addr, poll_until, Prefix, GIB, PHASE_LIMIT};
+use crate::protocol::ProtocolArg;
 use crate::size::mb_per_s;
 use crate::{Context, Failure};
 
@@ -33,9 +37,11 @@ pub(super) fn median_row(mut runs: Vec<Throughput>) -> Throughput {
     runs.swap_remove(mid)
 }
 
+#[allow(clippy::too_many_arguments)] // each is one of the run's settings
 pub(super) fn replicate(
     transport: Transport,
     config: Config,
+    protocol: ProtocolArg,
     source: &FileLogReader,
     total: u64,
     dir: &Path,
@@ -46,7 +52,17 @@ pub(super) fn replicate(
         log: source.clone(),
         end: source.min_offset() + total,
     };
-    let master = MasterHandle::new(prefix.clone(), config);
+    let master = match protocol {
+        ProtocolArg::Classic => MasterHandle::new(prefix.clone(), config),
+        ProtocolArg::Autoswitch => {
+            // The generated log is all epoch 1's.
+            let history = EpochList::from_entries([EpochEntry::new(1, source.min_offset())])
+                .context("the benchmark's epoch history")?;
+            let options = AutoSwitchMaster::new(1, 1).history(history);
+            MasterHandle::autoswitch(prefix.clone(), config, options)
+                .context("taking the master role")?
+        }
+    };
     let server = transport
         .spawn_master(loopback_addr(), master.clone())
         .context("starting the master")?;
@@ -56,7 +72,16 @@ pub(super) fn replicate(
     let store = dir.join(format!("slave-{slot}"));
     let slave_log = FileLog::create(&store, source.segment_size())
         .context(format_args!("creating {}", store.display()))?;
-    let slave = SlaveHandle::new(addr, slave_log, config);
+    let slave = match protocol {
+        ProtocolArg::Classic => SlaveHandle::new(addr, slave_log, config),
+        ProtocolArg::Autoswitch => SlaveHandle::autoswitch(
+            &addr.to_string(),
+            slave_log,
+            config,
+            AutoSwitchSlave::new(2, 1),
+        )
+        .context("taking the slave role")?,
+    };
 
     let cpu_before = ThreadTimes::now();
     let started = Instant::now();

@@ -55,6 +55,14 @@ impl AutoSwitchMaster {
         self
     }
 
+    /// Starts from `history` instead of the epoch file's: for a log whose bytes already belong
+    /// to known epochs (a store copied with its history, a benchmark's generated log). The
+    /// epoch file, if any, is written when the new epoch changes that history.
+    pub fn history(mut self, history: EpochList) -> Self {
+        self.history = Some(history);
+        self
+    }
+
     /// Starts with `members` in the sync-state set (besides this broker).
     pub fn members(mut self, members: impl IntoIterator<Item = BrokerId>) -> Self {
         self.members.extend(members);
