@@ -115,8 +115,14 @@ impl SyncStateSet {
     /// (Java's −1) while it cannot be computed. Unlike Java's, it never goes backwards: a master
     /// alone in its set confirms its max, and a member added afterwards (by the controller,
     /// which may add a slave that is behind) does not take that back.
+    ///
+    /// "Alone" counts a member being proposed: once the master proposes a slave, the confirm
+    /// offset waits for that slave's acks. Java tests the applied set only, so until the
+    /// controller answers it confirms bytes the joining slave lacks; the controller may accept
+    /// the slave and then elect it, and those confirmed bytes are lost (found by the switch
+    /// simulation).
     pub fn confirm_offset(&mut self, master_max: u64) -> Option<u64> {
-        if self.applied.len() == 1 || !self.all_ack_in_sync_state_set {
+        if self.members().len() == 1 || !self.all_ack_in_sync_state_set {
             // Remembered, so that a member added later cannot make it go backwards.
             self.confirm = Some(self.confirm.map_or(master_max, |c| c.max(master_max)));
             return self.confirm;
@@ -173,7 +179,7 @@ impl SyncStateSet {
             }
             self.maybe_expand(id, ack, master_max, epoch_start);
         }
-        if self.applied.contains(&id) {
+        if self.members().contains(&id) {
             self.recompute(master_max);
         }
     }
@@ -373,6 +379,23 @@ mod tests {
         s.apply([1, 2], 100);
         // Java would now serve its stale stored value (−1 or older).
         assert_eq!(s.confirm_offset(100), Some(100));
+    }
+
+    #[test]
+    fn a_proposed_member_holds_the_confirm_offset_before_the_controller_answers() {
+        // Found by the switch simulation: the controller accepted slave 2, then elected it,
+        // and the bytes the master had confirmed alone meanwhile were lost.
+        let t0 = Instant::now();
+        let mut s = SyncStateSet::new(1, [1], true);
+        s.handle_connected(2);
+        s.handle_ack(t0, 2, 100, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 2])));
+        // The master writes on; slave 2 has not got it yet.
+        assert_eq!(s.confirm_offset(160), Some(100));
+        s.handle_ack(t0, 2, 130, false, Some((160, t0)), 160, 0);
+        assert_eq!(s.confirm_offset(160), Some(130));
+        s.apply([1, 2], 160);
+        assert_eq!(s.confirm_offset(160), Some(130));
     }
 
     #[test]

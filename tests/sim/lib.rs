@@ -21,11 +21,15 @@
 #![allow(dead_code)]
 
 mod check;
+mod controller;
 mod entropy;
 mod history;
 mod net;
 mod node;
+mod replica_node;
 mod scenario;
+mod switch;
+mod switch_check;
 mod trace;
 
 use std::collections::BTreeMap;
@@ -37,6 +41,7 @@ use rocketmq_ha::{LogSink, LogSource, MemoryLog};
 
 pub use entropy::Entropy;
 pub use scenario::{Fault, Faults, Params, ALL_FAULTS};
+pub use switch::{run_switch_seed, SwitchOutcome};
 
 use check::{fail, Check, Fail};
 use history::History;
@@ -120,6 +125,8 @@ pub struct Failure {
     pub trace_tail: Vec<String>,
     /// Hash of the trace up to the failure.
     pub trace_hash: u64,
+    /// The environment variable that replays the seed (classic and switch runs differ).
+    pub replay: &'static str,
 }
 
 impl fmt::Display for Failure {
@@ -136,7 +143,17 @@ impl fmt::Display for Failure {
         if let Some(seed) = self.seed {
             writeln!(
                 f,
-                "reproduce with: HA_SIM_SEED={seed} cargo test --release --test sim"
+                "reproduce with: {}={seed} cargo test --release --test sim -- --nocapture",
+                self.replay
+            )?;
+            writeln!(
+                f,
+                "and once fixed, add {seed} to tests/sim/{}",
+                if self.replay == "HA_SIM_SEED" {
+                    "regressions.txt"
+                } else {
+                    "switch_regressions.txt"
+                }
             )?;
         }
         Ok(())
@@ -183,6 +200,7 @@ pub fn run_with(entropy: Entropy, options: &Options) -> Result<Outcome, Failure>
         at: sim.now,
         trace_tail: sim.trace.tail(),
         trace_hash: sim.trace.hash(),
+        replay: "HA_SIM_SEED",
     })
 }
 
