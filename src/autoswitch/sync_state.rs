@@ -194,7 +194,7 @@ impl SyncStateSet {
     pub fn handle_disconnected(&mut self, id: BrokerId) {
         self.peers.remove(&id);
         if self.applied.contains(&id) && id != self.local {
-            let mut without = self.applied.clone();
+            let mut without = self.base();
             without.remove(&id);
             self.propose(without);
         }
@@ -203,15 +203,17 @@ impl SyncStateSet {
     /// The periodic check (§5.7 shrink): propose removing members not caught up within
     /// `max_not_caught_up` (`haMaxTimeSlaveNotCatchup`, 15 s) and members never seen.
     pub fn shrink(&mut self, now: Instant, max_not_caught_up: Duration) {
-        let mut kept = self.applied.clone();
+        let base = self.base();
+        let mut kept = base.clone();
         kept.retain(|id| {
             *id == self.local
+                || !self.applied.contains(id)
                 || self
                     .caught_up
                     .get(id)
                     .is_some_and(|&at| now.saturating_duration_since(at) <= max_not_caught_up)
         });
-        if kept != self.applied {
+        if kept != base {
             self.propose(kept);
         }
     }
@@ -242,10 +244,20 @@ impl SyncStateSet {
         }
         let confirm = self.confirm_offset(master_max);
         if confirm.is_none_or(|c| ack >= c) && ack >= epoch_start {
-            let mut with = self.applied.clone();
+            let mut with = self.base();
             with.insert(id);
             self.propose(with);
         }
+    }
+
+    /// What a new proposal starts from: the pending one if any, so that it keeps what that
+    /// one added. The controller may already have accepted the pending proposal; one built
+    /// from the applied set would drop its newcomer from the members while the controller
+    /// counts it as in sync, and may elect it, though the confirm offset no longer waited for
+    /// it (found by the switch simulation). Removals (disconnects, shrink) concern applied
+    /// members only, for the same reason.
+    fn base(&self) -> BTreeSet<BrokerId> {
+        self.proposed.clone().unwrap_or_else(|| self.applied.clone())
     }
 
     fn propose(&mut self, set: BTreeSet<BrokerId>) {
@@ -396,6 +408,32 @@ mod tests {
         assert_eq!(s.confirm_offset(160), Some(130));
         s.apply([1, 2], 160);
         assert_eq!(s.confirm_offset(160), Some(130));
+    }
+
+    #[test]
+    fn a_new_proposal_keeps_what_the_pending_one_added() {
+        // Found by the switch simulation: {1, 2, 3} was pending (and accepted), then {1, 2, 4}
+        // replaced it and slave 3 stopped holding the confirm offset.
+        let t0 = Instant::now();
+        let mut s = SyncStateSet::new(1, [1, 2], true);
+        for id in [2, 3, 4] {
+            s.handle_connected(id);
+        }
+        s.handle_ack(t0, 2, 100, false, Some((100, t0)), 100, 0);
+        s.handle_ack(t0, 3, 100, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 2, 3])));
+        s.handle_ack(t0, 4, 100, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 2, 3, 4])));
+        // An applied member leaves: the pending newcomers stay in the proposal.
+        s.handle_disconnected(2);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 3, 4])));
+        // A pending newcomer that leaves stays proposed (the controller may have accepted it).
+        s.handle_disconnected(4);
+        assert_eq!(s.poll_proposal(), None);
+        assert_eq!(s.members(), set(&[1, 2, 3, 4]));
+        // The shrink check removes only applied members.
+        s.shrink(t0 + Duration::from_secs(100), Duration::from_secs(15));
+        assert_eq!(s.poll_proposal(), None);
     }
 
     #[test]

@@ -748,8 +748,13 @@ impl ReplicaNode {
         );
     }
 
-    /// The controller answered a proposal with the set `set` at `version`.
+    /// The controller answered a proposal with the set `set` at `version`. An answer that
+    /// brings no newer set (a refusal of a proposal built from an older one) is ignored: the
+    /// proposal pending now may still be accepted, and applying would forget it.
     pub fn apply_set(&mut self, cx: &mut Cx<'_>, set: &std::collections::BTreeSet<BrokerId>, version: u64) {
+        if version <= self.set_version {
+            return;
+        }
         let max = self.log.max_offset();
         if let Role::Master { sync_state, .. } = self.replica.role_mut() {
             sync_state.apply(set.iter().copied(), max);

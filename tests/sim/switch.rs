@@ -572,13 +572,14 @@ impl SwitchSim {
         }
         let new = pool[self.entropy.below(pool.len() as u64) as usize];
         let unclean = outside && master.is_some();
+        let was = std::mem::take(&mut self.controller.members);
         let epoch = self.controller.elect(new, unclean);
         tr!(
             self,
-            "controller elects node {new} master of epoch {epoch}{} (set was {:?}, log {})",
+            "controller elects node {new} master of epoch {epoch}{} (set was {was:?}, log {}, confirmed {})",
             if unclean { ", UNCLEAN" } else { "" },
-            self.controller.members,
-            self.nodes[new].log.max_offset()
+            self.nodes[new].log.max_offset(),
+            self.confirmed.len()
         );
         if unclean {
             self.confirmed.unclean(self.gens);
