@@ -257,7 +257,9 @@ impl SyncStateSet {
     /// it (found by the switch simulation). Removals (disconnects, shrink) concern applied
     /// members only, for the same reason.
     fn base(&self) -> BTreeSet<BrokerId> {
-        self.proposed.clone().unwrap_or_else(|| self.applied.clone())
+        self.proposed
+            .clone()
+            .unwrap_or_else(|| self.applied.clone())
     }
 
     fn propose(&mut self, set: BTreeSet<BrokerId>) {

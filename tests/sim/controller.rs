@@ -119,8 +119,9 @@ impl Controller {
     /// from the current set; otherwise the answer is the current set (a refresh). Proposals of
     /// a stale master get no answer.
     pub fn decide(&mut self, now: Duration, latency: Duration) {
-        let (due, later): (Vec<Proposal>, Vec<Proposal>) =
-            std::mem::take(&mut self.inbox).into_iter().partition(|p| p.at <= now);
+        let (due, later): (Vec<Proposal>, Vec<Proposal>) = std::mem::take(&mut self.inbox)
+            .into_iter()
+            .partition(|p| p.at <= now);
         self.inbox = later;
         for p in due {
             if Some(p.node) != self.master || p.epoch != self.epoch {
@@ -142,8 +143,9 @@ impl Controller {
 
     /// The answers due at `now`.
     pub fn answers_due(&mut self, now: Duration) -> Vec<Proposal> {
-        let (due, later): (Vec<Proposal>, Vec<Proposal>) =
-            std::mem::take(&mut self.outbox).into_iter().partition(|p| p.at <= now);
+        let (due, later): (Vec<Proposal>, Vec<Proposal>) = std::mem::take(&mut self.outbox)
+            .into_iter()
+            .partition(|p| p.at <= now);
         self.outbox = later;
         due
     }

@@ -39,7 +39,7 @@ fn options() -> Options {
 }
 
 /// Switch runs per classic run in the default sweep (`HA_SIM_RUNS` scales both).
-const SWITCH_RUNS_PER_RUN: u64 = 10;
+const SWITCH_RUNS_PER_RUN: u64 = 20;
 
 /// The checked-in seeds that once failed.
 fn regressions() -> Vec<u64> {
@@ -48,17 +48,17 @@ fn regressions() -> Vec<u64> {
 
 /// The checked-in switch seeds that once failed.
 fn switch_regressions() -> Vec<u64> {
-    seeds_in(include_str!("switch_regressions.txt"), "switch_regressions.txt")
+    seeds_in(
+        include_str!("switch_regressions.txt"),
+        "switch_regressions.txt",
+    )
 }
 
 fn seeds_in(text: &str, file: &str) -> Vec<u64> {
     text.lines()
         .map(|line| line.split('#').next().unwrap_or("").trim())
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|e| panic!("{file}: {s:?}: {e}"))
-        })
+        .map(|s| s.parse().unwrap_or_else(|e| panic!("{file}: {s:?}: {e}")))
         .collect()
 }
 
@@ -319,11 +319,15 @@ fn a_slave_on_a_full_disk_backs_off_and_resumes() {
 }
 
 /// Runs switch `seeds` on a few threads; the outcomes in seed order, or the failures.
-fn run_switch_all(seeds: &[u64], options: &Options) -> Result<Vec<(u64, SwitchOutcome)>, Vec<String>> {
+fn run_switch_all(
+    seeds: &[u64],
+    options: &Options,
+) -> Result<Vec<(u64, SwitchOutcome, Duration)>, Vec<String>> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
-    let results: Vec<(u64, Result<SwitchOutcome, String>)> = std::thread::scope(|scope| {
+    type Run = (u64, Result<(SwitchOutcome, Duration), String>);
+    let results: Vec<Run> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
                 let chunk: Vec<u64> = seeds.iter().copied().skip(w).step_by(workers).collect();
@@ -331,7 +335,10 @@ fn run_switch_all(seeds: &[u64], options: &Options) -> Result<Vec<(u64, SwitchOu
                     chunk
                         .into_iter()
                         .map(|seed| {
-                            let r = sim::run_switch_seed(seed, options).map_err(|f| f.to_string());
+                            let started = Instant::now();
+                            let r = sim::run_switch_seed(seed, options)
+                                .map(|o| (o, started.elapsed()))
+                                .map_err(|f| f.to_string());
                             (seed, r)
                         })
                         .collect::<Vec<_>>()
@@ -347,11 +354,11 @@ fn run_switch_all(seeds: &[u64], options: &Options) -> Result<Vec<(u64, SwitchOu
     let mut failures = Vec::new();
     for (seed, r) in results {
         match r {
-            Ok(o) => ok.push((seed, o)),
+            Ok((o, t)) => ok.push((seed, o, t)),
             Err(f) => failures.push(f),
         }
     }
-    ok.sort_by_key(|(s, _)| *s);
+    ok.sort_by_key(|(s, ..)| *s);
     if failures.is_empty() {
         Ok(ok)
     } else {
@@ -393,7 +400,7 @@ fn master_switches_keep_every_invariant() {
             );
         }
     };
-    let sum = |f: fn(&SwitchOutcome) -> u64| outcomes.iter().map(|(_, o)| f(o)).sum::<u64>();
+    let sum = |f: fn(&SwitchOutcome) -> u64| outcomes.iter().map(|(_, o, _)| f(o)).sum::<u64>();
     let (elections, unclean, cuts, crashes, lost, wiped) = (
         sum(|o| o.elections),
         sum(|o| o.unclean_elections),
@@ -402,7 +409,20 @@ fn master_switches_keep_every_invariant() {
         sum(|o| o.lost_tails),
         sum(|o| o.wiped),
     );
-    let clean_runs = outcomes.iter().filter(|(_, o)| o.unclean_events == 0).count();
+    let clean_runs = outcomes
+        .iter()
+        .filter(|(_, o, _)| o.unclean_events == 0)
+        .count();
+    let mut slowest: Vec<(Duration, u64, u64)> =
+        outcomes.iter().map(|(s, o, t)| (*t, *s, o.steps)).collect();
+    slowest.sort();
+    slowest.reverse();
+    let shown: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(t, s, steps)| format!("seed {s} {t:?} ({steps} steps)"))
+        .collect();
+    println!("slowest switch runs: {}", shown.join(", "));
     println!(
         "{} switch runs ({clean_runs} clean throughout) in {:?}: {elections} elections ({unclean} unclean), {cuts} cuts, {crashes} crashes ({lost} lost tails), {wiped} wiped, {} bytes confirmed",
         outcomes.len(),
@@ -413,8 +433,14 @@ fn master_switches_keep_every_invariant() {
     if n >= 100 {
         assert!(elections >= 2 * n, "too few elections: {elections}");
         assert!(cuts >= n / 10, "too few diverged slaves cut: {cuts}");
-        assert!(unclean > 0 && lost > 0 && crashes >= n, "unclean {unclean}, lost tails {lost}, crashes {crashes}");
-        assert!(clean_runs as u64 >= n / 2, "only {clean_runs} runs stayed clean");
+        assert!(
+            unclean > 0 && lost > 0 && crashes >= n,
+            "unclean {unclean}, lost tails {lost}, crashes {crashes}"
+        );
+        assert!(
+            clean_runs as u64 >= n / 2,
+            "only {clean_runs} runs stayed clean"
+        );
     }
 }
 
@@ -426,7 +452,10 @@ fn same_switch_seed_gives_same_trace_hash() {
     for seed in [3u64, 99, u64::MAX] {
         let a = sim::run_switch_seed(seed, &options).unwrap_or_else(|f| panic!("{f}"));
         let b = sim::run_switch_seed(seed, &options).unwrap_or_else(|f| panic!("{f}"));
-        assert_eq!(a.trace_hash, b.trace_hash, "switch seed {seed} is not deterministic");
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "switch seed {seed} is not deterministic"
+        );
         hashes.push(a.trace_hash);
     }
     hashes.sort();

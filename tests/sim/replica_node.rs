@@ -259,7 +259,11 @@ impl ReplicaNode {
         }
         let timers = match self.replica.role() {
             Role::Slave { slave, .. } => slave.poll_timeout().into_iter().collect::<Vec<_>>(),
-            Role::Master { .. } => self.conns.values().filter_map(|c| c.lp.poll_timeout()).collect(),
+            Role::Master { .. } => self
+                .conns
+                .values()
+                .filter_map(|c| c.lp.poll_timeout())
+                .collect(),
             _ => Vec::new(),
         };
         timers
@@ -300,7 +304,12 @@ impl ReplicaNode {
         let changed = self
             .replica
             .become_master(epoch, max, [id_of(self.index)], true)
-            .map_err(|e| fail("controller_orders_are_accepted", format!("node {}: {e}", self.index)))?;
+            .map_err(|e| {
+                fail(
+                    "controller_orders_are_accepted",
+                    format!("node {}: {e}", self.index),
+                )
+            })?;
         if changed {
             // The epoch file is written before the first byte of the epoch.
             self.epoch_file = self.replica.epochs().clone();
@@ -330,7 +339,12 @@ impl ReplicaNode {
         let now = self.now(cx);
         self.replica
             .become_slave(addr_of(master), epoch, identity, seed, now)
-            .map_err(|e| fail("controller_orders_are_accepted", format!("node {}: {e}", self.index)))?;
+            .map_err(|e| {
+                fail(
+                    "controller_orders_are_accepted",
+                    format!("node {}: {e}", self.index),
+                )
+            })?;
         self.role_gen = gen;
         self.no_consistent_point = false;
         tr!(
@@ -422,7 +436,11 @@ impl ReplicaNode {
         if cx.entropy.chance(500) {
             self.flushed = max;
         }
-        tr!(cx, "node {} (master of {epoch}) appends to {max}", self.index);
+        tr!(
+            cx,
+            "node {} (master of {epoch}) appends to {max}",
+            self.index
+        );
         max
     }
 
@@ -436,9 +454,16 @@ impl ReplicaNode {
         let stored = self.log.max_offset();
         let epochs = self.replica.epochs().clone();
         self.at_connect = Some((epochs, stored, link));
-        tr!(cx, "node {} connected link {link}, stored {stored}", self.index);
+        tr!(
+            cx,
+            "node {} connected link {link}, stored {stored}",
+            self.index
+        );
         let Role::Slave { slave, .. } = self.replica.role_mut() else {
-            return Err(fail("dial_is_answered", "a connect for a node that is no slave"));
+            return Err(fail(
+                "dial_is_answered",
+                "a connect for a node that is no slave",
+            ));
         };
         slave.handle_connected(now, stored);
         self.drive_slave(cx)
@@ -485,7 +510,11 @@ impl ReplicaNode {
                 let link = self.link.take().expect("checked");
                 let lost = cx.lose_close(200);
                 cx.net.close(link, End::Slave, cx.now, lost, cx.entropy);
-                tr!(cx, "node {} closes link {link} (close lost: {lost})", self.index);
+                tr!(
+                    cx,
+                    "node {} closes link {link} (close lost: {lost})",
+                    self.index
+                );
                 progressed = true;
             }
             let Role::Slave { slave, master, .. } = self.replica.role_mut() else {
@@ -501,7 +530,8 @@ impl ReplicaNode {
                 *cx.next_dial += 1;
                 let to = (master.port() - BASE_PORT) as usize;
                 let config = cx.net.config().clone();
-                let at = cx.now + (config.latency + cx.entropy.duration(Duration::ZERO, config.jitter)) * 2;
+                let at = cx.now
+                    + (config.latency + cx.entropy.duration(Duration::ZERO, config.jitter)) * 2;
                 cx.dials.push(Dial {
                     id,
                     from: self.index,
@@ -545,7 +575,8 @@ impl ReplicaNode {
         let delay = if cx.disk_latency.is_zero() || !cx.faulty {
             Duration::ZERO
         } else {
-            cx.entropy.log_duration(Duration::from_micros(1), cx.disk_latency)
+            cx.entropy
+                .log_duration(Duration::from_micros(1), cx.disk_latency)
         };
         self.disk = Some((cx.now + delay, work));
         if delay.is_zero() {
@@ -562,22 +593,32 @@ impl ReplicaNode {
         match work {
             DiskWork::Truncate(offset) => {
                 self.check_cut(cx, offset)?;
-                let max = self
-                    .log
-                    .truncate_to(offset)
-                    .map_err(|e| fail("cut_is_the_consistent_point", format!("node {}: {e}", self.index)))?;
+                let max = self.log.truncate_to(offset).map_err(|e| {
+                    fail(
+                        "cut_is_the_consistent_point",
+                        format!("node {}: {e}", self.index),
+                    )
+                })?;
                 self.flushed = self.flushed.min(max);
                 self.note_cut(max);
                 self.truncations += 1;
                 tr!(cx, "node {} cut its log to {max}", self.index);
                 if let Role::Slave { slave, .. } = self.replica.role_mut() {
                     if let Err(e) = slave.handle_truncated(now, max) {
-                        return Err(fail("loop_is_used_correctly", format!("node {}: {e}", self.index)));
+                        return Err(fail(
+                            "loop_is_used_correctly",
+                            format!("node {}: {e}", self.index),
+                        ));
                     }
                 }
             }
             DiskWork::Save(epochs) => {
-                tr!(cx, "node {} saves epochs {:?}", self.index, epochs.entries());
+                tr!(
+                    cx,
+                    "node {} saves epochs {:?}",
+                    self.index,
+                    epochs.entries()
+                );
                 self.epoch_file = epochs;
                 if let Role::Slave { slave, .. } = self.replica.role_mut() {
                     slave.handle_epochs_saved();
@@ -595,13 +636,16 @@ impl ReplicaNode {
                 if offset != self.log.max_offset() && !self.log.is_empty() {
                     return Err(fail(
                         "append_is_contiguous",
-                        format!("node {}: store at {offset}, log ends at {}", self.index, self.log.max_offset()),
+                        format!(
+                            "node {}: store at {offset}, log ends at {}",
+                            self.index,
+                            self.log.max_offset()
+                        ),
                     ));
                 }
-                let max = self
-                    .log
-                    .append_all(offset, &pieces)
-                    .map_err(|e| fail("append_is_contiguous", format!("node {}: {e}", self.index)))?;
+                let max = self.log.append_all(offset, &pieces).map_err(|e| {
+                    fail("append_is_contiguous", format!("node {}: {e}", self.index))
+                })?;
                 // A slave flushes before it reports: what it acknowledged survives a crash.
                 self.flushed = max;
                 if let Role::Slave { slave, .. } = self.replica.role_mut() {
@@ -624,7 +668,10 @@ impl ReplicaNode {
         let Some(answer) = cx.answers.get(link) else {
             return Err(fail(
                 "cut_is_the_consistent_point",
-                format!("node {}: a cut without a handshake answer on link {link}", self.index),
+                format!(
+                    "node {}: a cut without a handshake answer on link {link}",
+                    self.index
+                ),
             ));
         };
         let point = consistent_point(local, *end, &answer.epochs, answer.log.max_offset());
@@ -737,7 +784,11 @@ impl ReplicaNode {
     /// Node `slave`'s connect arrived as `link`.
     pub fn accept(&mut self, cx: &mut Cx<'_>, link: u64, slave: usize) {
         let now = self.now(cx);
-        tr!(cx, "node {} accepts link {link} from node {slave}", self.index);
+        tr!(
+            cx,
+            "node {} accepts link {link} from node {slave}",
+            self.index
+        );
         self.conns.insert(
             link,
             Conn {
@@ -751,7 +802,12 @@ impl ReplicaNode {
     /// The controller answered a proposal with the set `set` at `version`. An answer that
     /// brings no newer set (a refusal of a proposal built from an older one) is ignored: the
     /// proposal pending now may still be accepted, and applying would forget it.
-    pub fn apply_set(&mut self, cx: &mut Cx<'_>, set: &std::collections::BTreeSet<BrokerId>, version: u64) {
+    pub fn apply_set(
+        &mut self,
+        cx: &mut Cx<'_>,
+        set: &std::collections::BTreeSet<BrokerId>,
+        version: u64,
+    ) {
         if version <= self.set_version {
             return;
         }
@@ -759,7 +815,11 @@ impl ReplicaNode {
         if let Role::Master { sync_state, .. } = self.replica.role_mut() {
             sync_state.apply(set.iter().copied(), max);
             self.set_version = version;
-            tr!(cx, "node {} applies set {set:?} (version {version})", self.index);
+            tr!(
+                cx,
+                "node {} applies set {set:?} (version {version})",
+                self.index
+            );
         }
     }
 
@@ -790,7 +850,10 @@ impl ReplicaNode {
 
     fn poll_conn(&mut self, cx: &mut Cx<'_>, link: u64) -> Check {
         loop {
-            match cx.net.read(link, End::Master, cx.now, cx.entropy, usize::MAX) {
+            match cx
+                .net
+                .read(link, End::Master, cx.now, cx.entropy, usize::MAX)
+            {
                 Read::Data(bytes) => {
                     let now = self.now(cx);
                     let conn = self.conns.get_mut(&link).expect("live connection");
@@ -842,7 +905,15 @@ impl ReplicaNode {
                     last_transfer,
                 } => {
                     tr!(cx, "node {} link {link}: ack {offset}", self.index);
-                    sync_state.handle_ack(now, broker_id, offset, learner, last_transfer, max, start)
+                    sync_state.handle_ack(
+                        now,
+                        broker_id,
+                        offset,
+                        learner,
+                        last_transfer,
+                        max,
+                        start,
+                    )
                 }
                 MasterEvent::CaughtUp { broker_id } => sync_state.handle_caught_up(broker_id, now),
                 _ => {}
@@ -884,7 +955,10 @@ impl ReplicaNode {
                     },
                 );
             }
-            match cx.net.write(link, End::Master, cx.now, bytes::Buf::chunk(t), cx.entropy) {
+            match cx
+                .net
+                .write(link, End::Master, cx.now, bytes::Buf::chunk(t), cx.entropy)
+            {
                 Write::Written(n) => {
                     if let Err(e) = conn.lp.handle_written(now, n) {
                         return self.conn_error(cx, link, e);
@@ -900,7 +974,10 @@ impl ReplicaNode {
         }
         Err(fail(
             "machine_output_is_finite",
-            format!("node {} link {link} keeps producing frames at one instant", self.index),
+            format!(
+                "node {} link {link} keeps producing frames at one instant",
+                self.index
+            ),
         ))
     }
 
@@ -924,7 +1001,8 @@ impl ReplicaNode {
         };
         let lost = may_lose && cx.lose_close(200);
         cx.net.close(link, End::Master, cx.now, lost, cx.entropy);
-        if let (Some(id), Role::Master { sync_state, .. }) = (conn.broker, self.replica.role_mut()) {
+        if let (Some(id), Role::Master { sync_state, .. }) = (conn.broker, self.replica.role_mut())
+        {
             // A second connection of the same broker replaced this one in the set already.
             if !self.conns.values().any(|c| c.broker == Some(id)) {
                 sync_state.handle_disconnected(id);

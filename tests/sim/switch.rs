@@ -125,7 +125,8 @@ impl SwitchParams {
         };
         let one_way = latency + jitter;
         let floor = one_way * 4 + Duration::from_millis(10);
-        let heartbeat = e.log_duration(Duration::from_millis(50).max(floor), Duration::from_secs(1));
+        let heartbeat =
+            e.log_duration(Duration::from_millis(50).max(floor), Duration::from_secs(1));
         let housekeeping = heartbeat * e.range(3, 6) as u32;
         let batch = e.log_range(16, 32 * 1024);
         let initial = e.log_duration(Duration::from_millis(1), Duration::from_millis(300));
@@ -133,7 +134,9 @@ impl SwitchParams {
             .heartbeat_interval(heartbeat)
             .housekeeping_interval(housekeeping)
             .transfer_batch_size(batch as u32)
-            .connect_timeout(e.log_duration(floor.max(Duration::from_millis(20)), Duration::from_secs(1)))
+            .connect_timeout(
+                e.log_duration(floor.max(Duration::from_millis(20)), Duration::from_secs(1)),
+            )
             .reconnect_backoff_initial(initial)
             .reconnect_backoff_max(initial + e.duration(Duration::ZERO, Duration::from_secs(1)))
             .local_failure_backoff_initial(initial)
@@ -141,10 +144,13 @@ impl SwitchParams {
             .write_stall_timeout(e.log_duration(floor * 2, housekeeping * 2))
             .build()
             .expect("drawn configuration is valid");
-        let fault_phase = e.duration(Duration::from_secs(3), Duration::from_secs(20));
+        let fault_phase = e.duration(Duration::from_secs(2), Duration::from_secs(12));
         let fault_interval = e.log_duration(Duration::from_millis(50), Duration::from_secs(2));
         let append_interval = e.log_duration(Duration::from_millis(1), Duration::from_millis(100));
-        let append_max = e.log_range(1, 2048);
+        // Variety finds more than volume: a few hundred KiB and some thousand frames per run.
+        let mean_appends = (fault_phase.as_micros() / append_interval.as_micros().max(1)) as u64;
+        let budget = (batch * 5_000).min(256 * 1024);
+        let append_max = e.log_range(1, (budget / mean_appends.max(1)).clamp(1, 2048));
         let window = e.log_range(64, 1 << 20) as usize;
         let max_read = e.log_range(1, 64 * 1024) as usize;
         let disk_latency = if faults.has(Fault::SlowAppend) {
@@ -152,7 +158,8 @@ impl SwitchParams {
         } else {
             Duration::ZERO
         };
-        let controller_latency = e.log_duration(Duration::from_micros(10), Duration::from_millis(50));
+        let controller_latency =
+            e.log_duration(Duration::from_micros(10), Duration::from_millis(50));
         let detection = e.log_duration(Duration::from_millis(1), heartbeat * 3);
         let salt = e.below(256) as u8;
         SwitchParams {
@@ -495,7 +502,9 @@ impl SwitchSim {
         self.controller.inbox.append(&mut self.proposals);
         // A proposal from a master the controller cannot reach is lost.
         let reach: Vec<bool> = (0..self.p.nodes).map(|i| self.reachable(i)).collect();
-        self.controller.inbox.retain(|p| p.at > now || reach[p.node]);
+        self.controller
+            .inbox
+            .retain(|p| p.at > now || reach[p.node]);
         self.controller.decide(now, self.p.controller_latency);
         for answer in self.controller.answers_due(now) {
             let n = &self.nodes[answer.node];
@@ -551,7 +560,8 @@ impl SwitchSim {
         let master = self.controller.master;
         let lost = self.controller.master_lost_since.is_some();
         let eligible = |s: &Self, i: usize| {
-            s.reachable(i) && !(Some(i) == master && (planned || (lost && s.controller.assigned[i].is_some())))
+            s.reachable(i)
+                && !(Some(i) == master && (planned || (lost && s.controller.assigned[i].is_some())))
         };
         let members: Vec<usize> = (0..self.p.nodes)
             .filter(|&i| {
@@ -660,9 +670,10 @@ impl SwitchSim {
             Fault::Burst => {
                 if let Some(link) = link {
                     let pipe = self.entropy.below(2) as usize;
-                    let d = self
-                        .entropy
-                        .log_duration(Duration::from_millis(1), self.p.config.housekeeping_interval());
+                    let d = self.entropy.log_duration(
+                        Duration::from_millis(1),
+                        self.p.config.housekeeping_interval(),
+                    );
                     tr!(self, "fault: link {link} pipe {pipe} holds for {d:?}");
                     self.net.hold(link, pipe, now + d);
                 }
@@ -677,7 +688,10 @@ impl SwitchSim {
                 } else {
                     &[UP]
                 };
-                tr!(self, "fault: partition node {node} pipes {pipes:?} for {d:?}");
+                tr!(
+                    self,
+                    "fault: partition node {node} pipes {pipes:?} for {d:?}"
+                );
                 for &pipe in pipes {
                     self.net.partition(node, pipe, now + d);
                 }
@@ -804,7 +818,12 @@ impl SwitchSim {
         self.restarts.clear();
         let c = self.p.config;
         let round_trip = (self.p.latency + self.p.jitter) * 2 + Duration::from_millis(1);
-        let longest = self.nodes.iter().map(|n| n.log.max_offset()).max().unwrap_or(0);
+        let longest = self
+            .nodes
+            .iter()
+            .map(|n| n.log.max_offset())
+            .max()
+            .unwrap_or(0);
         let windows = longest / goodput(self.p.window, u64::from(c.transfer_batch_size())) + 2;
         let transfer = round_trip * windows.min(u64::from(u32::MAX)) as u32;
         self.bound = self.p.detection * 2

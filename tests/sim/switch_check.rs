@@ -169,6 +169,11 @@ impl Confirmed {
             }
         }
         self.seen[v.index].last = Some((v.role_gen, c));
-        self.agree(v.index, v.log, c, if current_master { "master" } else { "replica" })
+        self.agree(
+            v.index,
+            v.log,
+            c,
+            if current_master { "master" } else { "replica" },
+        )
     }
 }
