@@ -86,16 +86,16 @@ impl Confirmed {
 
     /// Brings node `index`'s agreement up to `upto` (extending the reference from its log if it
     /// is the first to get there).
-    fn agree(&mut self, index: usize, log: &MemoryLog, upto: u64, who: &str) -> Check {
+    fn agree(&mut self, index: usize, log: &MemoryLog, upto: u64, checker: &'static str) -> Check {
         let from = self.seen[index].agreed;
         if upto <= from {
             return Ok(());
         }
         if log.max_offset() < upto {
             return Err(fail(
-                "confirmed_bytes_agree",
+                checker,
                 format!(
-                    "{who} node {index} should hold {upto} confirmed bytes but its log ends at {}",
+                    "node {index} should hold {upto} confirmed bytes but its log ends at {}",
                     log.max_offset()
                 ),
             ));
@@ -110,13 +110,9 @@ impl Confirmed {
                 .position(|(a, b)| a != b)
             {
                 return Err(fail(
-                    if who == "master" {
-                        "no_confirmed_byte_lost"
-                    } else {
-                        "confirmed_bytes_agree"
-                    },
+                    checker,
                     format!(
-                        "{who} node {index} differs from the confirmed bytes at {} (checking [{from}, {upto}), {known} confirmed)",
+                        "node {index} differs from the confirmed bytes at {} (checking [{from}, {upto}), {known} confirmed)",
                         from + i as u64
                     ),
                 ));
@@ -139,6 +135,8 @@ impl Confirmed {
             return Ok(());
         }
         if current_master {
+            // The master holds every confirmed byte, whatever its own confirm offset says.
+            self.agree(v.index, v.log, self.len(), "no_confirmed_byte_lost")?;
             if let Some(c) = v.confirm {
                 if c < self.len() {
                     return Err(fail(
@@ -151,8 +149,6 @@ impl Confirmed {
                     ));
                 }
             }
-            // The master holds every confirmed byte, whatever its own confirm offset says.
-            self.agree(v.index, v.log, self.len(), "master")?;
         }
         let Some(c) = v.confirm else {
             return Ok(());
@@ -169,11 +165,6 @@ impl Confirmed {
             }
         }
         self.seen[v.index].last = Some((v.role_gen, c));
-        self.agree(
-            v.index,
-            v.log,
-            c,
-            if current_master { "master" } else { "replica" },
-        )
+        self.agree(v.index, v.log, c, "confirmed_bytes_agree")
     }
 }
