@@ -264,7 +264,7 @@ pub fn run_switch(entropy: Entropy, options: &Options) -> Result<SwitchOutcome, 
         at: sim.now,
         trace_tail: sim.trace.tail(),
         trace_hash: sim.trace.hash(),
-        replay: "HA_SIM_SWITCH_SEED",
+        switch_run: true,
     })
 }
 
