@@ -63,8 +63,9 @@ pub struct Controller {
     pub inbox: Vec<Proposal>,
     /// Answers travelling to masters.
     pub outbox: Vec<Proposal>,
-    /// Elections so far, and how many of them were unclean.
+    /// Elections so far.
     pub elections: u64,
+    /// Elections outside the sync-state set.
     pub unclean_elections: u64,
 }
 

@@ -20,11 +20,12 @@
 //! outside it). Their checkers are in `switch_check.rs` and at every cut in `replica_node.rs`;
 //! [`run_switch_seed`] runs one.
 //!
-//! A classic run has three phases: *faults* (workload and fault injection), *heal* (faults stop, the
-//! workload stops after one last append, and every slave must catch up within a bound computed
-//! from the configuration), and *idle* (longer than the housekeeping interval: heartbeats alone
-//! must keep every healthy connection up). Invariants are checked after every step; see
-//! `check.rs`.
+//! A classic run has three phases: *faults* (workload and fault injection), *heal* (faults stop,
+//! the workload stops after one last append, and every slave must catch up within a bound
+//! computed from the configuration), and *idle* (longer than the housekeeping interval:
+//! heartbeats alone must keep every healthy connection up). Invariants are checked after every
+//! step; see `check.rs`. A switch run has the first two: after the heal every replica must
+//! follow the last master with a byte-identical log and epoch file within a bound.
 #![allow(dead_code)]
 
 mod check;
@@ -48,7 +49,7 @@ use rocketmq_ha::{LogSink, LogSource, MemoryLog};
 
 pub use entropy::Entropy;
 pub use scenario::{Fault, Faults, Params, ALL_FAULTS};
-pub use switch::{run_switch_seed, SwitchOutcome};
+pub use switch::{run_switch, run_switch_seed, SwitchOutcome};
 
 use check::{fail, Check, Fail};
 use history::History;

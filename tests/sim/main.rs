@@ -444,6 +444,17 @@ fn master_switches_keep_every_invariant() {
     }
 }
 
+/// An empty (or exhausted) byte input is the calm switch run: no faults, one election, and the
+/// logs converge.
+#[test]
+fn exhausted_entropy_gives_a_calm_switch_run() {
+    let o = sim::run_switch(Entropy::from_bytes(&[]), &Options::default())
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(o.faults, Faults::NONE);
+    assert_eq!((o.elections, o.crashes, o.truncations), (1, 0, 0));
+    assert!(o.confirmed > 0 && o.confirmed == o.bytes, "{o}");
+}
+
 /// A switch seed is a complete description of its run.
 #[test]
 fn same_switch_seed_gives_same_trace_hash() {

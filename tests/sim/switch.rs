@@ -71,22 +71,35 @@ const MAX_EPOCH: i32 = 250;
 /// Everything decided at the start of a switch run.
 #[derive(Debug, Clone)]
 pub struct SwitchParams {
+    /// The configuration of every replica.
     pub config: Config,
+    /// The commit log's segment size.
     pub segment_size: u64,
+    /// How many replicas.
     pub nodes: usize,
+    /// The fault kinds switched on (from [`SWITCH_FAULTS`], and `DiskFull`).
     pub faults: Faults,
     /// The controller switches masters at random moments too.
     pub planned_switches: bool,
     /// The controller may elect outside the sync-state set.
     pub unclean: bool,
+    /// How long faults and the workload go on before the heal.
     pub fault_phase: Duration,
+    /// Mean gap between scheduled faults and planned switches.
     pub fault_interval: Duration,
+    /// Mean gap between producer writes.
     pub append_interval: Duration,
+    /// Largest single write.
     pub append_max: u64,
+    /// One-way network latency.
     pub latency: Duration,
+    /// Extra random latency per write.
     pub jitter: Duration,
+    /// Bytes in flight per direction.
     pub window: usize,
+    /// Largest read.
     pub max_read: usize,
+    /// Slowest disk operation on a slow disk (zero: instant).
     pub disk_latency: Duration,
     /// One way to or from the controller.
     pub controller_latency: Duration,
@@ -188,22 +201,37 @@ impl SwitchParams {
 /// What a passing switch run did.
 #[derive(Debug, Clone, Default)]
 pub struct SwitchOutcome {
+    /// Hash of the whole trace: equal for equal inputs.
     pub trace_hash: u64,
+    /// Steps (distinct virtual instants processed).
     pub steps: u64,
+    /// Virtual time at the end.
     pub virtual_time: Duration,
+    /// Number of replicas.
     pub nodes: usize,
+    /// The run's fault set.
     pub faults: Faults,
+    /// Whether the controller could elect outside the sync-state set.
     pub unclean_allowed: bool,
+    /// Elections.
     pub elections: u64,
+    /// Elections outside the sync-state set.
     pub unclean_elections: u64,
     /// Unclean elections plus machine crashes that lost confirmed bytes.
     pub unclean_events: u64,
+    /// Cuts of diverged slave logs.
     pub truncations: u64,
+    /// Process crashes.
     pub crashes: u64,
+    /// Crashes that lost the end of a log.
     pub lost_tails: u64,
+    /// Replicas the operator rebuilt (no consistent point after an unclean history).
     pub wiped: u64,
+    /// Bytes producers wrote.
     pub bytes: u64,
+    /// Bytes confirmed at the end (since the last unclean event).
     pub confirmed: u64,
+    /// From the heal until every log converged.
     pub catch_up: Duration,
 }
 
@@ -627,7 +655,10 @@ impl SwitchSim {
             self.controller.assigned[i] = None;
             self.controller.master_lost_since.get_or_insert(self.now);
         }
-        if end < self.confirmed.len() && self.nodes[i].role_gen > self.confirmed.unclean_mark {
+        // Whatever the node's role: a master given its role before the last unclean event is
+        // not checked itself, but the slaves it feeds since are, and their confirm offsets
+        // come from it.
+        if end < before && end < self.confirmed.len() {
             tr!(
                 self,
                 "node {i} lost confirmed bytes [{end}, {}): unclean from here",
