@@ -18,7 +18,7 @@ fn a_master_switch_truncates_the_old_masters_tail_and_logs_converge() {
     w.elect_node(A);
     w.write(300);
     for _ in 0..100 {
-        w.step(false);
+        w.step();
     }
     assert_eq!(w.nodes[B].log.max_offset(), 300);
     assert!(w.members.contains(&2), "B joined the sync-state set");
@@ -42,7 +42,7 @@ fn a_master_switch_truncates_the_old_masters_tail_and_logs_converge() {
     w.restart(A);
     let before = w.stats.truncations;
     for _ in 0..100 {
-        w.step(false);
+        w.step();
     }
     assert_eq!(w.stats.truncations, before + 1, "A was cut once");
     assert_eq!(w.nodes[A].log.max_offset(), 450);
@@ -68,7 +68,7 @@ fn two_masters_that_never_replicated_converge_on_the_newer() {
     w.write(20);
     w.restart(A);
     for _ in 0..100 {
-        w.step(false);
+        w.step();
     }
     assert_eq!(w.stats.truncations, 1);
     w.assert_converged("two masters");

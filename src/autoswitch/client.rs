@@ -741,7 +741,7 @@ mod tests {
 
     #[test]
     fn an_epoch_dropped_at_the_handshake_is_recorded_again_by_the_next_frame() {
-        // Found by the `autoswitch_switches` simulation.
+        // Found by the switch simulation (then `tests/autoswitch_switches.rs`).
         let (mut c, t0) = connected(epochs(&[(1, 0), (5, 50)]), 100);
         let master = [(1, 0), (5, 50), (6, 100)];
         c.handle_input(t0, &mut answer(&master, 300)).unwrap();

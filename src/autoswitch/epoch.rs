@@ -297,8 +297,9 @@ mod tests {
 
     #[test]
     fn histories_from_zero_without_a_shared_epoch_share_nothing() {
-        // Found by the `autoswitch_switches` simulation: epoch 1's master wrote 210 bytes only
-        // it got; a member with an empty log became master of epoch 2 at offset 0.
+        // Found by the switch simulation (then `tests/autoswitch_switches.rs`): epoch 1's
+        // master wrote 210 bytes only it got; a member with an empty log became master of
+        // epoch 2 at offset 0.
         let local = list(&[(1, 0)]);
         let master = list(&[(2, 0), (3, 1601)]);
         assert_eq!(consistent_point(&local, 210, &master, 2424), Some(0));

@@ -119,8 +119,14 @@ impl SyncStateSet {
     /// (Java's −1) while it cannot be computed. Unlike Java's, it never goes backwards: a master
     /// alone in its set confirms its max, and a member added afterwards (by the controller,
     /// which may add a slave that is behind) does not take that back.
+    ///
+    /// "Alone" counts a member being proposed: once the master proposes a slave, the confirm
+    /// offset waits for that slave's acks. Java tests the applied set only, so until the
+    /// controller answers it confirms bytes the joining slave lacks; the controller may accept
+    /// the slave and then elect it, and those confirmed bytes are lost (found by the switch
+    /// simulation).
     pub fn confirm_offset(&mut self, master_max: u64) -> Option<u64> {
-        if self.applied.len() == 1 || !self.all_ack_in_sync_state_set {
+        if self.members().len() == 1 || !self.all_ack_in_sync_state_set {
             // Remembered, so that a member added later cannot make it go backwards.
             self.confirm = Some(self.confirm.map_or(master_max, |c| c.max(master_max)));
             return self.confirm;
@@ -177,7 +183,7 @@ impl SyncStateSet {
             }
             self.maybe_expand(id, ack, master_max, epoch_start);
         }
-        if self.applied.contains(&id) {
+        if self.members().contains(&id) {
             self.recompute(master_max);
         }
     }
@@ -192,7 +198,7 @@ impl SyncStateSet {
     pub fn handle_disconnected(&mut self, id: BrokerId) {
         self.peers.remove(&id);
         if self.applied.contains(&id) && id != self.local {
-            let mut without = self.applied.clone();
+            let mut without = self.base();
             without.remove(&id);
             self.propose(without);
         }
@@ -201,15 +207,17 @@ impl SyncStateSet {
     /// The periodic check (§5.7 shrink): propose removing members not caught up within
     /// `max_not_caught_up` (`haMaxTimeSlaveNotCatchup`, 15 s) and members never seen.
     pub fn shrink(&mut self, now: Instant, max_not_caught_up: Duration) {
-        let mut kept = self.applied.clone();
+        let base = self.base();
+        let mut kept = base.clone();
         kept.retain(|id| {
             *id == self.local
+                || !self.applied.contains(id)
                 || self
                     .caught_up
                     .get(id)
                     .is_some_and(|&at| now.saturating_duration_since(at) <= max_not_caught_up)
         });
-        if kept != self.applied {
+        if kept != base {
             self.propose(kept);
         }
     }
@@ -240,10 +248,22 @@ impl SyncStateSet {
         }
         let confirm = self.confirm_offset(master_max);
         if confirm.is_none_or(|c| ack >= c) && ack >= epoch_start {
-            let mut with = self.applied.clone();
+            let mut with = self.base();
             with.insert(id);
             self.propose(with);
         }
+    }
+
+    /// What a new proposal starts from: the pending one if any, so that it keeps what that
+    /// one added. The controller may already have accepted the pending proposal; one built
+    /// from the applied set would drop its newcomer from the members while the controller
+    /// counts it as in sync, and may elect it, though the confirm offset no longer waited for
+    /// it (found by the switch simulation). Removals (disconnects, shrink) concern applied
+    /// members only, for the same reason.
+    fn base(&self) -> BTreeSet<BrokerId> {
+        self.proposed
+            .clone()
+            .unwrap_or_else(|| self.applied.clone())
     }
 
     fn propose(&mut self, set: BTreeSet<BrokerId>) {
@@ -377,6 +397,49 @@ mod tests {
         s.apply([1, 2], 100);
         // Java would now serve its stale stored value (−1 or older).
         assert_eq!(s.confirm_offset(100), Some(100));
+    }
+
+    #[test]
+    fn a_proposed_member_holds_the_confirm_offset_before_the_controller_answers() {
+        // Found by the switch simulation: the controller accepted slave 2, then elected it,
+        // and the bytes the master had confirmed alone meanwhile were lost.
+        let t0 = Instant::now();
+        let mut s = SyncStateSet::new(1, [1], true);
+        s.handle_connected(2);
+        s.handle_ack(t0, 2, 100, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 2])));
+        // The master writes on; slave 2 has not got it yet.
+        assert_eq!(s.confirm_offset(160), Some(100));
+        s.handle_ack(t0, 2, 130, false, Some((160, t0)), 160, 0);
+        assert_eq!(s.confirm_offset(160), Some(130));
+        s.apply([1, 2], 160);
+        assert_eq!(s.confirm_offset(160), Some(130));
+    }
+
+    #[test]
+    fn a_new_proposal_keeps_what_the_pending_one_added() {
+        // Found by the switch simulation: {1, 2, 3} was pending (and accepted), then {1, 2, 4}
+        // replaced it and slave 3 stopped holding the confirm offset.
+        let t0 = Instant::now();
+        let mut s = SyncStateSet::new(1, [1, 2], true);
+        for id in [2, 3, 4] {
+            s.handle_connected(id);
+        }
+        s.handle_ack(t0, 2, 100, false, Some((100, t0)), 100, 0);
+        s.handle_ack(t0, 3, 100, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 2, 3])));
+        s.handle_ack(t0, 4, 100, false, Some((100, t0)), 100, 0);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 2, 3, 4])));
+        // An applied member leaves: the pending newcomers stay in the proposal.
+        s.handle_disconnected(2);
+        assert_eq!(s.poll_proposal(), Some(set(&[1, 3, 4])));
+        // A pending newcomer that leaves stays proposed (the controller may have accepted it).
+        s.handle_disconnected(4);
+        assert_eq!(s.poll_proposal(), None);
+        assert_eq!(s.members(), set(&[1, 2, 3, 4]));
+        // The shrink check removes only applied members.
+        s.shrink(t0 + Duration::from_secs(100), Duration::from_secs(15));
+        assert_eq!(s.poll_proposal(), None);
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! A seeded, in-memory cluster of AutoSwitch replicas for the tests: every replica is the real
-//! [`Replica`] with its real connection loops ([`SlaveLoop`], [`MasterLoop`]), bytes pass
-//! through the wire codecs in random read splits, and a test-only controller elects masters.
+//! A small in-memory cluster of AutoSwitch replicas for scripted stories (`autoswitch_failover`):
+//! every replica is the real [`Replica`] with its real connection loops ([`SlaveLoop`],
+//! [`MasterLoop`]), bytes pass through the wire codecs in seeded random read splits, and the
+//! test names the masters. Seeded runs through random switches, crashes, partitions and lost
+//! tails live in the simulator (`tests/sim`, its switch runs), over its faulty network.
 //!
 //! Invariants checked after every step (panics name the replica):
-//! * below its confirm offset, every slave's log agrees with the current master's (until an
-//!   unclean election or a lost tail);
+//! * below its confirm offset, every slave's log agrees with the current master's;
 //! * a confirm offset never goes backwards (per slave connection and per master term);
 //! * a diverged slave is cut exactly to the longest prefix its log shares with the master's;
 //! * appends always continue the slave's log.
@@ -66,9 +67,6 @@ pub struct Stats {
     pub elections: u64,
     pub truncations: u64,
     pub crashes: u64,
-    pub unclean: u64,
-    pub lost_tails: u64,
-    pub bytes: u64,
 }
 
 pub struct World {
@@ -81,11 +79,6 @@ pub struct World {
     pub epoch: i32,
     /// The controller's sync-state set for the current epoch.
     pub members: BTreeSet<BrokerId>,
-    /// Confirmed bytes may have been lost (an unclean election or a lost tail): the
-    /// confirm-offset safety check is off from then on.
-    pub unclean: bool,
-    /// Crashes may be machine crashes that lose the end of the log.
-    pub lost_tails: bool,
     master_confirm: Option<u64>,
     next_shrink: Instant,
     pub stats: Stats,
@@ -147,8 +140,6 @@ impl World {
             master: None,
             epoch: 0,
             members: BTreeSet::new(),
-            unclean: false,
-            lost_tails: false,
             master_confirm: None,
             next_shrink: now,
             stats: Stats::default(),
@@ -172,35 +163,6 @@ impl World {
                 }
             }
         }
-    }
-
-    /// The test controller: the alive member with the highest (last epoch, max offset), as
-    /// RocketMQ's default elect policy; outside the set (unclean) only when no member is alive.
-    pub fn elect(&mut self) {
-        let alive: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].alive)
-            .collect();
-        let in_set: Vec<usize> = alive
-            .iter()
-            .copied()
-            .filter(|&i| self.members.is_empty() || self.members.contains(&id_of(i)))
-            .collect();
-        let pool = if in_set.is_empty() {
-            if alive.is_empty() {
-                return;
-            }
-            self.unclean = true;
-            self.stats.unclean += 1;
-            alive
-        } else {
-            in_set
-        };
-        let rank = |i: usize| {
-            let n = &self.nodes[i];
-            (n.replica.epochs().last_epoch(), n.log.max_offset())
-        };
-        let new = pool.into_iter().max_by_key(|&i| rank(i)).unwrap();
-        self.elect_node(new);
     }
 
     /// The controller makes `new` master of the next epoch; every other alive replica follows.
@@ -259,16 +221,6 @@ impl World {
         }
         self.nodes[i].alive = false;
         self.stats.crashes += 1;
-        if self.lost_tails && self.rng.chance(500) {
-            // A machine crash: the end of the log was never on disk. The epoch file, written
-            // durably, may now list an epoch that starts past the log's end.
-            let log = &mut self.nodes[i].log;
-            let lost = self.rng.below(400);
-            log.truncate_to(log.max_offset().saturating_sub(lost))
-                .unwrap();
-            self.unclean = true;
-            self.stats.lost_tails += 1;
-        }
     }
 
     /// The replica starts again from its log and epoch file, following the current master.
@@ -278,33 +230,6 @@ impl World {
         node.replica = Replica::new(self.config, id_of(i), node.epoch_file.clone());
         if self.master.is_some() {
             self.follow(i);
-        }
-    }
-
-    fn faults(&mut self) {
-        if self.master.is_some() && self.rng.chance(300) {
-            let n = 1 + self.rng.below(300);
-            self.write(n);
-        }
-        if !self.links.is_empty() && self.rng.chance(15) {
-            let victim = self.links[self.rng.below(self.links.len() as u64) as usize].slave;
-            self.drop_links(Some(victim));
-        }
-        let count = self.nodes.len() as u64;
-        if self.rng.chance(8) {
-            let i = self.rng.below(count) as usize;
-            if self.nodes[i].alive {
-                self.crash(i);
-            }
-        }
-        if self.rng.chance(30) {
-            let i = self.rng.below(count) as usize;
-            if !self.nodes[i].alive {
-                self.restart(i);
-            }
-        }
-        if self.master.is_none() || self.rng.chance(4) {
-            self.elect();
         }
     }
 
@@ -531,20 +456,15 @@ impl World {
                 );
             }
             self.nodes[i].last_confirm = Some(c);
-            if !self.unclean {
-                assert!(
-                    shared_prefix(&self.nodes[i].log, &self.nodes[m].log) >= c,
-                    "slave {i} confirmed {c} bytes the master {m} does not have"
-                );
-            }
+            assert!(
+                shared_prefix(&self.nodes[i].log, &self.nodes[m].log) >= c,
+                "slave {i} confirmed {c} bytes the master {m} does not have"
+            );
         }
     }
 
-    /// One step of every replica, with random faults if `faults`.
-    pub fn step(&mut self, faults: bool) {
-        if faults {
-            self.faults();
-        }
+    /// One step of every replica.
+    pub fn step(&mut self) {
         for i in 0..self.nodes.len() {
             if self.nodes[i].alive && Some(i) != self.master {
                 self.drive_slave(i);

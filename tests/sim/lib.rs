@@ -13,19 +13,31 @@
 //! variables), depending only on `rocketmq-ha`, `bytes` and std, and keep [`run`],
 //! [`run_with`], [`run_seed`], [`Entropy`], [`Options`], [`Outcome`] and [`Failure`] stable.
 //!
-//! A run has three phases: *faults* (workload and fault injection), *heal* (faults stop, the
-//! workload stops after one last append, and every slave must catch up within a bound computed
-//! from the configuration), and *idle* (longer than the housekeeping interval: heartbeats alone
-//! must keep every healthy connection up). Invariants are checked after every step; see
-//! `check.rs`.
+//! The **switch runs** (`switch.rs`) put RocketMQ 5's AutoSwitch on the same network: 2-4
+//! replicas (`replica_node.rs`, each a `Replica` driven as a broker drives it) behind a
+//! test-only controller (`controller.rs`) that elects masters at higher epochs when the master
+//! crashes or is cut off, and at random, from its sync-state set (and, in runs flagged unclean,
+//! outside it). Their checkers are in `switch_check.rs` and at every cut in `replica_node.rs`;
+//! [`run_switch_seed`] runs one.
+//!
+//! A classic run has three phases: *faults* (workload and fault injection), *heal* (faults stop,
+//! the workload stops after one last append, and every slave must catch up within a bound
+//! computed from the configuration), and *idle* (longer than the housekeeping interval:
+//! heartbeats alone must keep every healthy connection up). Invariants are checked after every
+//! step; see `check.rs`. A switch run has the first two: after the heal every replica must
+//! follow the last master with a byte-identical log and epoch file within a bound.
 #![allow(dead_code)]
 
 mod check;
+mod controller;
 mod entropy;
 mod history;
 mod net;
 mod node;
+mod replica_node;
 mod scenario;
+mod switch;
+mod switch_check;
 mod trace;
 
 use std::collections::BTreeMap;
@@ -37,6 +49,7 @@ use rocketmq_ha::{LogSink, LogSource, MemoryLog};
 
 pub use entropy::Entropy;
 pub use scenario::{Fault, Faults, Params, ALL_FAULTS};
+pub use switch::{run_switch, run_switch_seed, SwitchOutcome};
 
 use check::{fail, Check, Fail};
 use history::History;
@@ -120,6 +133,8 @@ pub struct Failure {
     pub trace_tail: Vec<String>,
     /// Hash of the trace up to the failure.
     pub trace_hash: u64,
+    /// Whether it was a switch run (they replay with their own variable).
+    pub switch_run: bool,
 }
 
 impl fmt::Display for Failure {
@@ -134,10 +149,16 @@ impl fmt::Display for Failure {
             writeln!(f, "  {line}")?;
         }
         if let Some(seed) = self.seed {
+            let (var, file) = if self.switch_run {
+                ("HA_SIM_SWITCH_SEED", "switch_regressions.txt")
+            } else {
+                ("HA_SIM_SEED", "regressions.txt")
+            };
             writeln!(
                 f,
-                "reproduce with: HA_SIM_SEED={seed} cargo test --release --test sim"
+                "reproduce with: {var}={seed} cargo test --release --test sim -- --nocapture"
             )?;
+            writeln!(f, "and once fixed, add {seed} to tests/sim/{file}")?;
         }
         Ok(())
     }
@@ -183,6 +204,7 @@ pub fn run_with(entropy: Entropy, options: &Options) -> Result<Outcome, Failure>
         at: sim.now,
         trace_tail: sim.trace.tail(),
         trace_hash: sim.trace.hash(),
+        switch_run: false,
     })
 }
 

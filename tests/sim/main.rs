@@ -4,7 +4,9 @@
 //! * `HA_SIM_SEED=<seed>` runs that one seed (add `-- --nocapture` to see its trace hash;
 //!   `HA_SIM_TRACE=1` also prints every trace line).
 //! * `HA_SIM_RUNS=<n>` sets how many seeds the default run covers (from `HA_SIM_FIRST_SEED`,
-//!   default 0).
+//!   default 0); the switch runs cover a tenth as many (they are longer).
+//! * `HA_SIM_SWITCH_SEED=<seed>` runs that one seed of the switch runs (AutoSwitch replicas
+//!   behind a test controller that switches masters, see `switch.rs`).
 //!
 //! The simulator itself lives in `lib.rs` (shared with the fuzz target `sim_schedule`).
 
@@ -13,7 +15,7 @@ mod sim;
 
 use std::time::{Duration, Instant};
 
-use sim::{Entropy, Fault, Faults, Options, Outcome, ALL_FAULTS};
+use sim::{Entropy, Fault, Faults, Options, Outcome, SwitchOutcome, ALL_FAULTS};
 
 /// Seeds the default run covers: sized for about two to four minutes on two cores in the test
 /// profile (opt-level 2 with debug assertions).
@@ -36,16 +38,27 @@ fn options() -> Options {
     }
 }
 
+/// Switch runs per classic run in the default sweep (`HA_SIM_RUNS` scales both).
+const SWITCH_RUNS_PER_RUN: u64 = 20;
+
 /// The checked-in seeds that once failed.
 fn regressions() -> Vec<u64> {
-    include_str!("regressions.txt")
-        .lines()
+    seeds_in(include_str!("regressions.txt"), "regressions.txt")
+}
+
+/// The checked-in switch seeds that once failed.
+fn switch_regressions() -> Vec<u64> {
+    seeds_in(
+        include_str!("switch_regressions.txt"),
+        "switch_regressions.txt",
+    )
+}
+
+fn seeds_in(text: &str, file: &str) -> Vec<u64> {
+    text.lines()
         .map(|line| line.split('#').next().unwrap_or("").trim())
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|e| panic!("regressions.txt: {s:?}: {e}"))
-        })
+        .map(|s| s.parse().unwrap_or_else(|e| panic!("{file}: {s:?}: {e}")))
         .collect()
 }
 
@@ -303,4 +316,160 @@ fn a_slave_on_a_full_disk_backs_off_and_resumes() {
     let failures: u64 = outcomes.iter().map(|(_, o, _)| o.local_failures).sum();
     assert!(failures > 0, "no run had a failed store");
     assert!(outcomes.iter().all(|(_, o, _)| o.divergent_slaves == 0));
+}
+
+/// Runs switch `seeds` on a few threads; the outcomes in seed order, or the failures.
+fn run_switch_all(
+    seeds: &[u64],
+    options: &Options,
+) -> Result<Vec<(u64, SwitchOutcome, Duration)>, Vec<String>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    type Run = (u64, Result<(SwitchOutcome, Duration), String>);
+    let results: Vec<Run> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let chunk: Vec<u64> = seeds.iter().copied().skip(w).step_by(workers).collect();
+                scope.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|seed| {
+                            let started = Instant::now();
+                            let r = sim::run_switch_seed(seed, options)
+                                .map(|o| (o, started.elapsed()))
+                                .map_err(|f| f.to_string());
+                            (seed, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker thread"))
+            .collect()
+    });
+    let mut ok = Vec::new();
+    let mut failures = Vec::new();
+    for (seed, r) in results {
+        match r {
+            Ok((o, t)) => ok.push((seed, o, t)),
+            Err(f) => failures.push(f),
+        }
+    }
+    ok.sort_by_key(|(s, ..)| *s);
+    if failures.is_empty() {
+        Ok(ok)
+    } else {
+        Err(failures)
+    }
+}
+
+/// The switch runs: AutoSwitch replicas over the faulty network while a test controller
+/// switches masters (clean, and in some runs unclean), with the regression seeds first; or
+/// just `HA_SIM_SWITCH_SEED`. The sweep must have gone through what it claims to test.
+#[test]
+fn master_switches_keep_every_invariant() {
+    let options = options();
+    if let Some(seed) = env_u64("HA_SIM_SWITCH_SEED") {
+        match sim::run_switch_seed(seed, &options) {
+            Ok(o) => {
+                println!("switch seed {seed}: {o}");
+                println!("trace hash: {:016x}", o.trace_hash);
+            }
+            Err(f) => panic!("{f}"),
+        }
+        return;
+    }
+    let runs = env_u64("HA_SIM_RUNS").map_or(DEFAULT_RUNS, |n| n) / SWITCH_RUNS_PER_RUN;
+    let first = env_u64("HA_SIM_FIRST_SEED").unwrap_or(0);
+    let mut seeds = switch_regressions();
+    seeds.extend(first..first + runs.max(1));
+    let started = Instant::now();
+    let outcomes = match run_switch_all(&seeds, &options) {
+        Ok(o) => o,
+        Err(failures) => {
+            for f in failures.iter().take(3) {
+                eprintln!("{f}");
+            }
+            panic!(
+                "{} of {} switch seeds failed (first shown above)",
+                failures.len(),
+                seeds.len()
+            );
+        }
+    };
+    let sum = |f: fn(&SwitchOutcome) -> u64| outcomes.iter().map(|(_, o, _)| f(o)).sum::<u64>();
+    let (elections, unclean, cuts, crashes, lost, wiped) = (
+        sum(|o| o.elections),
+        sum(|o| o.unclean_elections),
+        sum(|o| o.truncations),
+        sum(|o| o.crashes),
+        sum(|o| o.lost_tails),
+        sum(|o| o.wiped),
+    );
+    let clean_runs = outcomes
+        .iter()
+        .filter(|(_, o, _)| o.unclean_events == 0)
+        .count();
+    let mut slowest: Vec<(Duration, u64, u64)> =
+        outcomes.iter().map(|(s, o, t)| (*t, *s, o.steps)).collect();
+    slowest.sort();
+    slowest.reverse();
+    let shown: Vec<String> = slowest
+        .iter()
+        .take(5)
+        .map(|(t, s, steps)| format!("seed {s} {t:?} ({steps} steps)"))
+        .collect();
+    println!("slowest switch runs: {}", shown.join(", "));
+    println!(
+        "{} switch runs ({clean_runs} clean throughout) in {:?}: {elections} elections ({unclean} unclean), {cuts} cuts, {crashes} crashes ({lost} lost tails), {wiped} wiped, {} bytes confirmed",
+        outcomes.len(),
+        started.elapsed(),
+        sum(|o| o.confirmed)
+    );
+    let n = outcomes.len() as u64;
+    if n >= 100 {
+        assert!(elections >= 2 * n, "too few elections: {elections}");
+        assert!(cuts >= n / 10, "too few diverged slaves cut: {cuts}");
+        assert!(
+            unclean > 0 && lost > 0 && crashes >= n,
+            "unclean {unclean}, lost tails {lost}, crashes {crashes}"
+        );
+        assert!(
+            clean_runs as u64 >= n / 2,
+            "only {clean_runs} runs stayed clean"
+        );
+    }
+}
+
+/// An empty (or exhausted) byte input is the calm switch run: no faults, one election, and the
+/// logs converge.
+#[test]
+fn exhausted_entropy_gives_a_calm_switch_run() {
+    let o = sim::run_switch(Entropy::from_bytes(&[]), &Options::default())
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(o.faults, Faults::NONE);
+    assert_eq!((o.elections, o.crashes, o.truncations), (1, 0, 0));
+    assert!(o.confirmed > 0 && o.confirmed == o.bytes, "{o}");
+}
+
+/// A switch seed is a complete description of its run.
+#[test]
+fn same_switch_seed_gives_same_trace_hash() {
+    let options = Options::default();
+    let mut hashes = Vec::new();
+    for seed in [3u64, 99, u64::MAX] {
+        let a = sim::run_switch_seed(seed, &options).unwrap_or_else(|f| panic!("{f}"));
+        let b = sim::run_switch_seed(seed, &options).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "switch seed {seed} is not deterministic"
+        );
+        hashes.push(a.trace_hash);
+    }
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 3);
 }

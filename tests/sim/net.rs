@@ -177,17 +177,23 @@ pub struct Link {
     pub slave: usize,
     /// Which incarnation of the master accepted it.
     pub instance: u64,
+    /// The node on the master's end, when masters change (the switch runs): a partition of
+    /// that node blocks the link too. `None` in the classic runs, whose master is never cut.
+    pub master_node: Option<usize>,
     pipes: [Pipe; 2],
     ends: [EndState; 2],
 }
 
-/// All links, plus partitions between the master and each slave.
+/// All links, plus partitions between the master and each slave (in the switch runs: of each
+/// node from every other).
 #[derive(Debug)]
 pub struct Net {
     config: NetConfig,
     links: BTreeMap<u64, Link>,
     next_id: u64,
-    /// Per slave, per pipe: nothing crosses before this time (a partition).
+    /// Per node, per pipe: nothing crosses before this time (a partition). `[UP]` holds what
+    /// the node sends, `[DOWN]` what it receives (as a slave's pipes are named); see
+    /// [`gate`].
     blocked: Vec<[Duration; 2]>,
 }
 
@@ -209,6 +215,12 @@ impl Net {
 
     /// Opens a link (the connect succeeded at both ends).
     pub fn open(&mut self, slave: usize, instance: u64) -> u64 {
+        self.open_between(slave, None, instance)
+    }
+
+    /// Opens a link from node `slave` to the master on node `master_node` (`None`: the classic
+    /// runs' master, which no partition cuts).
+    pub fn open_between(&mut self, slave: usize, master_node: Option<usize>, instance: u64) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.links.insert(
@@ -217,6 +229,7 @@ impl Net {
                 id,
                 slave,
                 instance,
+                master_node,
                 pipes: Default::default(),
                 ends: Default::default(),
             },
@@ -255,7 +268,7 @@ impl Net {
         let Some(link) = self.links.get_mut(&id) else {
             return Read::Reset;
         };
-        let blocked = self.blocked[link.slave][end.other().idx()];
+        let blocked = gate(&self.blocked, link, end.other().idx());
         let state = &link.ends[end.idx()];
         if state.closed || state.reset_at.is_some_and(|t| t <= now) {
             return Read::Reset;
@@ -439,6 +452,12 @@ impl Net {
         self.blocked[slave].iter().any(|&until| until > now)
     }
 
+    /// Whether node `node` is cut off in both directions at `now` (nothing it sends or should
+    /// receive crosses).
+    pub fn is_isolated(&self, node: usize, now: Duration) -> bool {
+        self.blocked[node].iter().all(|&until| until > now)
+    }
+
     /// Faults stop: holds and partitions end now, short reads and writes stop. Latency and
     /// jitter stay (they are the network, not a fault of it).
     pub fn heal(&mut self) {
@@ -467,7 +486,7 @@ impl Net {
         };
         for link in self.links.values() {
             for (i, pipe) in link.pipes.iter().enumerate() {
-                consider(pipe.next_event(now, self.blocked[link.slave][i]));
+                consider(pipe.next_event(now, gate(&self.blocked, link, i)));
             }
             for end in &link.ends {
                 if !end.closed {
@@ -484,6 +503,16 @@ impl Net {
         self.links.get(&id).map_or(0, |l| {
             l.pipes[pipe].segment_bytes + l.pipes[pipe].received_bytes
         })
+    }
+}
+
+/// When pipe `pipe` of `link` may deliver again: the slave's side of the partition, and in the
+/// switch runs the master node's (what the slave sends is what the master receives).
+fn gate(blocked: &[[Duration; 2]], link: &Link, pipe: usize) -> Duration {
+    let slave_side = blocked[link.slave][pipe];
+    match link.master_node {
+        Some(m) => slave_side.max(blocked[m][1 - pipe]),
+        None => slave_side,
     }
 }
 
