@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use rocketmq_ha::{ClientError, LogError, MasterError, SyncError};
 
+use crate::TlsError;
+
 /// Why a driver closed a connection, or why a replication call failed.
 ///
 /// Protocol violations keep the core's typed error (`Master`, `Client`), so a caller can tell a
@@ -15,7 +17,10 @@ use rocketmq_ha::{ClientError, LogError, MasterError, SyncError};
 pub enum Error {
     /// A socket operation failed.
     #[error("network I/O failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// TLS failed, or one peer speaks TLS and the other plain TCP (see [`crate::tls`]).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// Dialing the master did not finish within `connect_timeout` (§1.4).
     #[error("connecting to {addr} timed out after {after:?}")]
     ConnectTimeout {
@@ -63,10 +68,27 @@ pub enum Error {
     Sync(#[from] SyncError),
 }
 
+impl From<io::Error> for Error {
+    /// A [`TlsError`] the socket wrapped in an `io::Error` (the async read and write return
+    /// those) comes out as [`Error::Tls`].
+    fn from(e: io::Error) -> Error {
+        if !e.get_ref().is_some_and(|inner| inner.is::<TlsError>()) {
+            return Error::Io(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|inner| inner.downcast::<TlsError>()) {
+            Some(Ok(tls)) => Error::Tls(*tls),
+            Some(Err(inner)) => Error::Io(io::Error::new(kind, inner)),
+            None => Error::Io(kind.into()),
+        }
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
             Error::Io(e) => e,
+            Error::Tls(e) => e.into(),
             Error::ConnectTimeout { .. } => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::Resolve { source, .. } => source,
             Error::Rejected { .. } => io::Error::new(io::ErrorKind::ConnectionRefused, e),

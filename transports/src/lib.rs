@@ -77,6 +77,8 @@ mod observe;
 mod runtime;
 mod shared;
 pub mod smol;
+mod stream;
+pub mod tls;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod transport;
@@ -87,4 +89,5 @@ pub use shared::{
     ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SharedLog, SlaveHandle,
     SlaveInfo, SlaveStatus,
 };
+pub use tls::TlsError;
 pub use transport::{Running, Transport, UnknownTransport};

@@ -91,6 +91,7 @@ impl CloseReason {
                 _ => CloseReason::Protocol,
             },
             Error::Log(_) => CloseReason::Storage,
+            Error::Tls(_) => CloseReason::Protocol,
             _ => CloseReason::Other,
         }
     }

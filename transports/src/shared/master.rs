@@ -20,6 +20,7 @@ use tracing::Span;
 
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
 use crate::observe::{CloseReason, TrafficCell};
+use crate::stream::Acceptor;
 use crate::Error;
 
 /// One connected slave, as the master sees it.
@@ -127,6 +128,8 @@ struct MasterInner<L> {
     /// Fires on acks, completed waits, and connections opening or closing.
     changed: Event,
     stop: Stop,
+    /// Plain TCP or TLS, for connections accepted from now on.
+    acceptor: Mutex<Acceptor>,
     /// Changes whenever the rate limit or the number of connections does (a shared limit is
     /// split among them): connection loops compare it without taking the lock.
     rate_generation: AtomicU64,
@@ -202,6 +205,7 @@ impl<L> MasterHandle<L> {
                 }),
                 changed: Event::new(),
                 stop: Stop::default(),
+                acceptor: Mutex::default(),
                 rate_generation: AtomicU64::new(0),
             }),
         }
@@ -430,6 +434,23 @@ impl<L> MasterHandle<L> {
 
     pub(crate) fn stop(&self) -> &Stop {
         &self.inner.stop
+    }
+
+    /// Serves connections accepted from now on over TLS (`Some`) or plain TCP (`None`, the
+    /// default). Only the `smol` and `tokio` drivers speak TLS; see [`crate::tls`].
+    #[cfg(feature = "tls")]
+    pub fn set_tls(&self, tls: Option<crate::tls::ServerTls>) {
+        lock(&self.inner.acceptor).tls = tls;
+    }
+
+    /// Whether connections are served over TLS.
+    pub fn is_tls(&self) -> bool {
+        lock(&self.inner.acceptor).is_tls()
+    }
+
+    /// How to wrap the next accepted socket.
+    pub(crate) fn acceptor(&self) -> Acceptor {
+        lock(&self.inner.acceptor).clone()
     }
 
     /// Registers a socket the driver accepted from `peer` with the service, if the admission
