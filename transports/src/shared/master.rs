@@ -14,7 +14,8 @@ use futures_lite::FutureExt;
 use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{
     AckPolicy, Admission, Config, ConnectionId, ConnectionState, Decision, LogError, LogSink,
-    LogSource, MasterEvent, MasterLoop, MasterService, Refusal, SyncError, Ticket, Traffic,
+    LogSource, MasterEvent, MasterLoop, MasterService, Refusal, StartPosition, SyncError, Ticket,
+    Traffic,
 };
 use tracing::Span;
 
@@ -101,6 +102,9 @@ pub struct RefusedConnection {
 }
 
 /// What a driver does with a socket it accepted.
+// Made once per accept and taken apart at once: boxing the guard would cost an allocation per
+// connection for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Accepted<L> {
     /// Serve it; dropping the guard unregisters it.
     Serve(ConnectionGuard<L>),
@@ -457,7 +461,7 @@ impl<L> MasterHandle<L> {
     /// policy lets it in. Dropping the guard unregisters it.
     pub(crate) fn register_accepted(&self, peer: SocketAddr) -> Accepted<L> {
         let traffic = Arc::new(TrafficCell::default());
-        let id = {
+        let (id, start_position) = {
             let mut state = lock(&self.inner.state);
             if self.is_shut_down() {
                 return Accepted::ShutDown;
@@ -475,6 +479,9 @@ impl<L> MasterHandle<L> {
                 self.inner.changed.notify(usize::MAX);
                 return Accepted::Refuse;
             }
+            let start_position = state
+                .admission
+                .start_position(peer.ip(), self.inner.config.start_position());
             let now = Instant::now();
             let id = state.service.register(now);
             state.peers.insert(
@@ -489,7 +496,7 @@ impl<L> MasterHandle<L> {
             );
             state.totals.accepted += 1;
             self.inner.rate_generation.fetch_add(1, Ordering::SeqCst);
-            id
+            (id, start_position)
         };
         self.inner.changed.notify(usize::MAX);
         let span = tracing::info_span!("serving", peer = %peer, id = id.get());
@@ -498,6 +505,7 @@ impl<L> MasterHandle<L> {
             master: self.clone(),
             id,
             peer,
+            start_position,
             error: Mutex::new(None),
             span,
             traffic,
@@ -586,6 +594,8 @@ pub(crate) struct ConnectionGuard<L> {
     master: MasterHandle<L>,
     id: ConnectionId,
     peer: SocketAddr,
+    /// Where an empty slave starts on this connection (the admission's full-copy blocks).
+    start_position: StartPosition,
     error: Mutex<Option<Error>>,
     /// The connection's span: the explicit parent of its events.
     span: Span,
@@ -601,7 +611,10 @@ impl<L> ConnectionGuard<L> {
 
     /// A fresh connection loop for this connection.
     pub(crate) fn machine(&self) -> MasterLoop {
-        MasterLoop::new(self.master.inner.config, Instant::now())
+        let mut machine = MasterLoop::new(self.master.inner.config, Instant::now());
+        let fresh = machine.set_start_position(self.start_position);
+        debug_assert!(fresh.is_ok(), "a new loop has had no report");
+        machine
     }
 
     /// Gives the loop the rate limit in force when it changed since `seen` (a generation);
@@ -637,7 +650,13 @@ impl<L> ConnectionGuard<L> {
                             peer.requested = Some(requested);
                             peer.start = Some(start);
                         }
-                        tracing::info!(parent: &self.span, requested, start, "transfer starts");
+                        if requested == 0
+                            && self.start_position != self.master.inner.config.start_position()
+                        {
+                            tracing::info!(parent: &self.span, requested, start, "transfer starts: a full copy, granted to this address");
+                        } else {
+                            tracing::info!(parent: &self.span, requested, start, "transfer starts");
+                        }
                     }
                     MasterEvent::Acked { offset } => {
                         tracing::trace!(parent: &self.span, offset, "ack");
