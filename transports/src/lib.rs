@@ -15,7 +15,9 @@
 //! | `tokio` (feature `tokio`) | `tokio::net`, `sleep_until` | `tokio::serve` | `tokio::run_slave` |
 //!
 //! The `tokio` driver needs the feature `tokio` (off by default, so this crate alone pulls no tokio
-//! in). The `rocketmq-ha` command-line program built on these drivers is the crate
+//! in). TLS between our own masters and slaves, on the `smol` and `tokio` drivers, is the feature
+//! `tls` ([`tls`]: `MasterHandle::set_tls`, `SlaveHandle::set_tls`); RocketMQ's Java brokers
+//! speak plain TCP only. The `rocketmq-ha` command-line program built on these drivers is the crate
 //! `rocketmq-ha-cli`.
 //!
 //! All three are generic over the core's [`LogSource`](rocketmq_ha::LogSource) /

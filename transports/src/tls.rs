@@ -9,9 +9,9 @@
 //! plain socket's first bytes are in every build, so a build without the feature still names
 //! the problem.
 //!
-//! * A master serves with a [`ServerTls`]: its certificate chain and key, and optionally the CA
+//! * A master serves with a `ServerTls`: its certificate chain and key, and optionally the CA
 //!   that must have signed each slave's certificate (mutual authentication).
-//! * A slave dials with a [`ClientTls`]: the CA it trusts for the master's certificate, the name
+//! * A slave dials with a `ClientTls`: the CA it trusts for the master's certificate, the name
 //!   to check that certificate against, and optionally its own certificate for a master that
 //!   asks for one.
 //!
