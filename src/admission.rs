@@ -12,6 +12,8 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use core::str::FromStr;
 use std::collections::HashSet;
 
+use crate::StartPosition;
+
 /// How many distinct refused peers an [`Admission`] remembers having reported; past that it
 /// forgets them all and starts again, so memory stays bounded however many addresses a flood
 /// comes from, and the log gets at most one line per peer per this many peers.
@@ -217,6 +219,8 @@ pub enum Decision {
 pub struct Admission {
     max_connections: Option<usize>,
     allow: Option<Vec<IpNet>>,
+    /// Peers whose empty slaves get the whole retained log.
+    full_copy: Vec<IpNet>,
     /// Peers whose refusal (not allowed) was reported; at most [`REPORTED_PEERS`].
     reported: HashSet<IpAddr>,
     /// Whether a refusal at the limit was reported since the last admitted connection.
@@ -242,6 +246,36 @@ impl Admission {
     pub fn allow(mut self, nets: impl IntoIterator<Item = IpNet>) -> Admission {
         self.allow = Some(nets.into_iter().collect());
         self
+    }
+
+    /// Give an empty slave (one that reports offset 0) connecting from one of `nets` the whole
+    /// retained log, from the oldest segment, instead of RocketMQ's start at the master's last
+    /// segment (§3.3). Others keep the master's [`Config::start_position`](crate::Config).
+    ///
+    /// RocketMQ's classic master has no such choice; its AutoSwitch master does the opposite
+    /// by default (the whole log, unless the slave asks for the last file with
+    /// `syncFromLastFile`, §5.5). Here the master decides, by address: a full copy of a large
+    /// log is a heavy read on the master, so a slave cannot ask for one by itself.
+    pub fn full_copy_for(mut self, nets: impl IntoIterator<Item = IpNet>) -> Admission {
+        self.full_copy = nets.into_iter().collect();
+        self
+    }
+
+    /// The blocks whose empty slaves get a full copy.
+    pub fn full_copy_blocks(&self) -> &[IpNet] {
+        &self.full_copy
+    }
+
+    /// Where an empty slave connecting from `peer` starts: the oldest retained segment when
+    /// [`full_copy_for`](Self::full_copy_for) names its address, else `default` (the master's
+    /// [`Config::start_position`](crate::Config::start_position)). A driver hands the result to
+    /// the connection ([`MasterConnection::set_start_position`](crate::MasterConnection::set_start_position)).
+    pub fn start_position(&self, peer: IpAddr, default: StartPosition) -> StartPosition {
+        if self.full_copy.iter().any(|net| net.contains(peer)) {
+            StartPosition::OldestRetained
+        } else {
+            default
+        }
     }
 
     /// The connection limit, if any.
@@ -295,6 +329,28 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_full_copy_blocks_start_an_empty_slave_at_the_oldest_segment() {
+        let admission = Admission::new().full_copy_for(["10.1.0.0/16".parse().unwrap()]);
+        assert_eq!(
+            admission.start_position(ip("10.1.2.3"), StartPosition::LastSegment),
+            StartPosition::OldestRetained
+        );
+        assert_eq!(
+            admission.start_position(ip("::ffff:10.1.2.3"), StartPosition::LastSegment),
+            StartPosition::OldestRetained
+        );
+        assert_eq!(
+            admission.start_position(ip("10.2.0.1"), StartPosition::LastSegment),
+            StartPosition::LastSegment
+        );
+        // A master that starts everyone at the oldest segment still does.
+        assert_eq!(
+            Admission::new().start_position(ip("10.2.0.1"), StartPosition::OldestRetained),
+            StartPosition::OldestRetained
+        );
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -143,8 +143,10 @@ impl Buf for Transmit {
 ///   the request offset; every value is an ack; acks above the master's max close the
 ///   connection (4.9.3+), as do acks that go backwards.
 /// * §3.3 first-transfer rule: request 0 starts at the master's last segment (or the oldest
-///   retained offset, [`StartPosition::OldestRetained`]); a request below the retained range or
-///   above the max is an error instead of Java's silent heartbeat loop.
+///   retained offset, [`StartPosition::OldestRetained`], for every connection by
+///   [`Config::start_position`] or for one by [`set_start_position`](Self::set_start_position));
+///   a request below the retained range or above the max is an error instead of Java's silent
+///   heartbeat loop.
 /// * §3.4 writer: nothing, not even a heartbeat, before the first report; a frame carries at most
 ///   `transfer_batch_size` bytes (with [`Config::first_batch_size`], the first frame less and
 ///   each next one at most twice as much) and never crosses a segment; a heartbeat (size 0 at
@@ -181,6 +183,9 @@ pub struct MasterConnection {
     flow_ready: Option<Instant>,
     closed: bool,
     events: VecDeque<MasterEvent>,
+    /// Where request 0 starts: [`Config::start_position`] unless the driver set this
+    /// connection's own ([`set_start_position`](MasterConnection::set_start_position)).
+    start_position: StartPosition,
 }
 
 impl MasterConnection {
@@ -213,6 +218,7 @@ impl MasterConnection {
             flow_ready: None,
             closed: false,
             events: VecDeque::new(),
+            start_position: config.start_position(),
         }
     }
 
@@ -247,6 +253,11 @@ impl MasterConnection {
     /// request is known.
     pub fn next_offset(&self) -> Option<u64> {
         self.next
+    }
+
+    /// Where this connection starts a slave that reports offset 0 (§3.3).
+    pub fn start_position(&self) -> StartPosition {
+        self.start_position
     }
 
     /// Whether a frame is handed out and not yet reported written.
@@ -353,7 +364,7 @@ impl MasterConnection {
             // partly retained oldest segment rounds up to the next boundary, and transfer waits
             // until the log reaches it.
             let first_whole = min.next_multiple_of(log.segment_size());
-            return Ok(match self.config.start_position() {
+            return Ok(match self.start_position {
                 StartPosition::LastSegment => {
                     segment_start(max, log.segment_size()).max(first_whole)
                 }
@@ -389,6 +400,24 @@ impl MasterConnection {
             let idle = now - self.last_read;
             return self.close_on_error(Err(MasterError::HousekeepingTimeout { idle }));
         }
+        Ok(())
+    }
+
+    /// Sets where this connection starts a slave that reports offset 0, instead of
+    /// [`Config::start_position`]: a driver gives [`StartPosition::OldestRetained`] to the
+    /// peers an [`Admission`](crate::Admission) grants a full copy
+    /// ([`Admission::start_position`](crate::Admission::start_position)), and RocketMQ's rule
+    /// to the others.
+    ///
+    /// The start is decided once, at the first report; setting it afterwards would change
+    /// nothing, so it is refused with [`MasterError::Misuse`] and changes nothing.
+    pub fn set_start_position(&mut self, start: StartPosition) -> Result<(), MasterError> {
+        if self.request.is_some() {
+            return Err(MasterError::Misuse(
+                "set_start_position after the first report: the start is already decided",
+            ));
+        }
+        self.start_position = start;
         Ok(())
     }
 
@@ -634,6 +663,41 @@ mod tests {
         let t = c.poll_transmit(t0, &log).unwrap().unwrap();
         assert_eq!(t.header().offset, 2 * F);
         assert_eq!(t.header().body_len, 50);
+    }
+
+    #[test]
+    fn a_connection_granted_a_full_copy_starts_an_empty_slave_at_the_oldest_segment() {
+        let t0 = Instant::now();
+        let log = log_with(2 * F as usize + 50);
+        let mut c = MasterConnection::new(config(), t0);
+        assert_eq!(c.start_position(), StartPosition::LastSegment);
+        c.set_start_position(StartPosition::OldestRetained).unwrap();
+        c.handle_input(t0, &encode_report(0), &log).unwrap();
+        assert_eq!(
+            c.poll_event(),
+            Some(MasterEvent::Started {
+                requested: 0,
+                start: 0
+            })
+        );
+        let t = c.poll_transmit(t0, &log).unwrap().unwrap();
+        assert_eq!(t.header().offset, 0);
+        // Decided at the first report: a later change is misuse and changes nothing.
+        assert!(matches!(
+            c.set_start_position(StartPosition::LastSegment),
+            Err(MasterError::Misuse(_))
+        ));
+        assert_eq!(c.start_position(), StartPosition::OldestRetained);
+    }
+
+    #[test]
+    fn a_full_copy_does_not_change_where_a_slave_with_data_resumes() {
+        let t0 = Instant::now();
+        let log = log_with(2 * F as usize + 50);
+        let mut c = MasterConnection::new(config(), t0);
+        c.set_start_position(StartPosition::OldestRetained).unwrap();
+        c.handle_input(t0, &encode_report(F + 7), &log).unwrap();
+        assert_eq!(c.next_offset(), Some(F + 7));
     }
 
     #[test]

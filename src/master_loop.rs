@@ -14,7 +14,7 @@ use crate::log::LogSource;
 use crate::master::{MasterConnection, MasterEvent, Transmit};
 use crate::traffic::Traffic;
 use crate::wire::REPORT_LEN;
-use crate::Config;
+use crate::{Config, StartPosition};
 
 /// One slave connection's loop on the master (see the crate's [run loop](crate#the-run-loop)).
 ///
@@ -51,6 +51,12 @@ impl MasterLoop {
     /// The machine.
     pub fn connection(&self) -> &MasterConnection {
         &self.conn
+    }
+
+    /// Where this connection starts a slave that reports offset 0; see
+    /// [`MasterConnection::set_start_position`].
+    pub fn set_start_position(&mut self, start: StartPosition) -> Result<(), MasterError> {
+        self.conn.set_start_position(start)
     }
 
     /// Bytes and frames moved so far on this connection (frames in: whole reports).

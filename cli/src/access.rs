@@ -1,4 +1,4 @@
-//! The master's limits and access options: `--max-connections`, `--allow`,
+//! The master's limits and access options: `--max-connections`, `--allow`, `--full-copy-for`,
 //! `--first-report-timeout`. The decisions are the core's ([`Admission`],
 //! [`Config::first_report_timeout`](rocketmq_ha::Config::first_report_timeout)); this module
 //! only reads the flags and words the refusals for the operator.
@@ -26,6 +26,12 @@ pub struct AccessArgs {
     /// default, as in RocketMQ.
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
     pub allow: Vec<IpNet>,
+    /// Give an empty slave connecting from one of these blocks (CIDR or single addresses,
+    /// separated by commas; the option may be repeated) the whole retained log, from the oldest
+    /// segment, instead of RocketMQ's start at the last segment. Other slaves keep the rule
+    /// (or --from-oldest). A slave that has data resumes where it is either way.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub full_copy_for: Vec<IpNet>,
     /// Close a connection whose first offset report has not arrived this many seconds after it
     /// was accepted (a scanner, a stuck client). Keep it above 6 for Java 4.9 slaves, which
     /// hold their first report back by about haSendHeartbeatInterval.
@@ -41,7 +47,9 @@ pub struct AccessArgs {
 impl AccessArgs {
     /// The admission policy the flags ask for.
     pub fn admission(&self) -> Admission {
-        let admission = Admission::new().max_connections(self.max_connections.map(usize::from));
+        let admission = Admission::new()
+            .max_connections(self.max_connections.map(usize::from))
+            .full_copy_for(self.full_copy_for.iter().copied());
         if self.allow.is_empty() {
             admission
         } else {
@@ -95,10 +103,18 @@ mod tests {
             "192.0.2.7",
             "--first-report-timeout",
             "2.5",
+            "--full-copy-for",
+            "10.1.0.0/16",
         ])
         .unwrap();
         let admission = cli.access.admission();
         assert_eq!(admission.connection_limit(), Some(3));
+        let full: Vec<String> = admission
+            .full_copy_blocks()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(full, ["10.1.0.0/16"]);
         let allowed: Vec<String> = admission
             .allowed()
             .unwrap()
@@ -125,6 +141,7 @@ mod tests {
             (&["--max-connections", "0"][..], "--max-connections"),
             (&["--allow", "10.0.0.0/33"][..], "--allow"),
             (&["--allow", "example.com"][..], "--allow"),
+            (&["--full-copy-for", "10.0.0.0/40"][..], "--full-copy-for"),
             (
                 &["--first-report-timeout", "0"][..],
                 "--first-report-timeout",

@@ -17,6 +17,7 @@ mod seconds;
 mod signals;
 mod size;
 mod status;
+mod tls;
 
 use std::fmt::Display;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -216,6 +217,8 @@ struct MasterArgs {
     status_interval: Seconds,
     #[command(flatten)]
     access: access::AccessArgs,
+    #[command(flatten)]
+    tls: tls::MasterTlsArgs,
     /// Status output on stdout: one summary line per interval (text), or one JSON object per
     /// line for scripts (json: a "status" object per interval, "connected", "started" and
     /// "closed" objects as they happen).
@@ -281,6 +284,8 @@ struct SlaveArgs {
     metrics: Option<SocketAddr>,
     #[command(flatten)]
     protocol: protocol::ProtocolArgs,
+    #[command(flatten)]
+    tls: tls::SlaveTlsArgs,
 }
 
 #[derive(clap::Args)]
@@ -537,6 +542,7 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         }
     };
     master.set_admission(args.access.admission());
+    args.tls.apply(&master, transport)?;
     if let Some(rate) = args.rate_limit {
         let rate = std::num::NonZeroU64::new(rate.0.max(rocketmq_ha::flow::MIN_RATE))
             .unwrap_or(std::num::NonZeroU64::MIN);
@@ -570,7 +576,8 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
         .spawn_master(listen, master.clone())
         .context(format_args!("listening on {listen}"))?;
     if let Some(addr) = server.local_addr() {
-        eprintln!("master listening on {addr} ({transport} transport)");
+        let tls = if master.is_tls() { ", TLS" } else { "" };
+        eprintln!("master listening on {addr} ({transport} transport{tls})");
     }
     let interval = args.status_interval.0.max(Duration::from_millis(100));
     let started = Instant::now();
@@ -711,10 +718,15 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
     let transport = Transport::from(args.transport);
     eprintln!(
         "store {}: ends at {}, synced up to {}; replicating from {master} ({addr}; {transport} \
-         transport{}{})",
+         transport{}{}{})",
         store.display(),
         log.max_offset(),
         log.synced_offset(),
+        if args.tls.tls_ca.is_some() {
+            ", TLS"
+        } else {
+            ""
+        },
         if args.flush_before_ack {
             ", acking only what is on disk"
         } else {
@@ -744,6 +756,7 @@ fn slave(mut args: SlaveArgs, given: &Given<'_>) -> Result<(), Failure> {
             slave
         }
     };
+    args.tls.apply(&slave, transport, &master)?;
     // With --flush-before-ack every append syncs and the flusher finds nothing to do.
     let flusher = Flusher::spawn(slave.log().clone()).context("starting the flusher")?;
     signals::install();

@@ -159,6 +159,8 @@ struct InFlight {
 
 struct Harness {
     config: Config,
+    /// Where an empty slave starts on this connection (the model of `set_start_position`).
+    start: StartPosition,
     conn: MasterConnection,
     log: Log,
     now: Instant,
@@ -182,9 +184,24 @@ impl Harness {
         let config = config(input);
         let log = Log::new(input);
         let now = Instant::now();
+        let mut conn = MasterConnection::new(config, now);
+        // Half the connections get the other start rule, as a driver does for a peer the
+        // admission grants a full copy (`set_start_position`). Derived, not drawn, so the corpus
+        // keeps its meaning.
+        let start = if config.heartbeat_interval().as_millis() % 2 == 1 {
+            match config.start_position() {
+                StartPosition::LastSegment => StartPosition::OldestRetained,
+                _ => StartPosition::LastSegment,
+            }
+        } else {
+            config.start_position()
+        };
+        conn.set_start_position(start)
+            .expect("a new connection takes a start position");
         Harness {
             config,
-            conn: MasterConnection::new(config, now),
+            start,
+            conn,
             log,
             now,
             fed: Vec::new(),
@@ -330,7 +347,7 @@ impl Harness {
         let (min, max) = (log.min_offset(), log.max_offset());
         let Some(previous) = self.ack else {
             let start = if value == 0 {
-                match self.config.start_position() {
+                match self.start {
                     // An empty slave's first frame starts on a segment boundary (§3.3).
                     StartPosition::OldestRetained => min.next_multiple_of(log.segment_size()),
                     _ => segment_start(max, log.segment_size())
@@ -555,6 +572,15 @@ impl Harness {
             return;
         }
         assert_eq!(c.request_offset(), self.request);
+        assert_eq!(c.start_position(), self.start);
+        if self.request.is_some() {
+            // The start is decided: a change now is refused and changes nothing.
+            assert!(matches!(
+                self.conn.set_start_position(StartPosition::LastSegment),
+                Err(MasterError::Misuse(_))
+            ));
+        }
+        let c = &self.conn;
         assert_eq!(c.ack_offset(), self.ack);
         assert_eq!(c.next_offset(), self.next);
         assert_eq!(c.is_transmitting(), self.in_flight.is_some());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use rocketmq_ha::{
     ClientError, ClientEvent, Config, ConnectionId, LogError, LogSink, LogSource, MasterError,
-    MasterEvent, MasterLoop, MasterService, MemoryLog, SlaveLoop, Ticket,
+    MasterEvent, MasterLoop, MasterService, MemoryLog, SlaveLoop, StartPosition, Ticket,
 };
 
 use super::check::{self, fail, Check, ServiceModel};
@@ -828,6 +828,9 @@ pub struct MasterNode {
     /// Links the master does not read (nor run timers for) until then: a hung reader, as
     /// when Java's read thread is stuck while its write thread still sends heartbeats.
     pub deaf: BTreeMap<u64, Duration>,
+    /// Slaves whose connections the master grants a full copy (the admission's full-copy
+    /// blocks): an empty one starts at the oldest segment whatever the configuration says.
+    full_copy: Vec<usize>,
     config: Config,
 }
 
@@ -845,8 +848,14 @@ impl MasterNode {
             truncate_on_restart: None,
             accepted: 0,
             deaf: BTreeMap::new(),
+            full_copy: Vec::new(),
             config,
         }
+    }
+
+    /// Grants slave `slave`'s connections a full copy from now on.
+    pub fn grant_full_copy(&mut self, slave: usize) {
+        self.full_copy.push(slave);
     }
 
     fn now(cx: &Ctx<'_>) -> Instant {
@@ -888,12 +897,17 @@ impl MasterNode {
             "master accepts link {link} from slave {slave} as {}",
             id.get()
         );
+        let mut lp = MasterLoop::new(self.config, now);
+        if self.full_copy.contains(&slave) {
+            lp.set_start_position(StartPosition::OldestRetained)
+                .expect("a new connection has had no report");
+        }
         self.conns.insert(
             link,
             MasterConn {
                 id,
                 slave,
-                lp: MasterLoop::new(self.config, now),
+                lp,
                 out_checked: false,
                 flow: check::FlowWindow::new(now),
                 next: None,
@@ -1002,11 +1016,14 @@ impl MasterNode {
                         cx,
                         "master link {link}: slave {slave} requests {requested}, start {start}"
                     );
+                    // Where an empty slave starts on this slave's connections (§3.3).
+                    let position = if self.full_copy.contains(&slave) {
+                        StartPosition::OldestRetained
+                    } else {
+                        self.config.start_position()
+                    };
                     check::start_follows_first_transfer_rule(
-                        self.config.start_position(),
-                        requested,
-                        start,
-                        &self.log,
+                        position, requested, start, &self.log,
                     )?;
                     conn.next = Some(start);
                 }

@@ -28,11 +28,15 @@ use crate::shared::{read_timeout, Accepted, ConnectionGuard, MasterProtocol, Sla
 use crate::{Error, MasterHandle, SlaveHandle};
 
 /// Serves slaves on `listener` until `master` is shut down, one pair of threads per connection;
-/// returns after every connection thread has finished.
+/// returns after every connection thread has finished. A master with TLS is refused
+/// ([`io::ErrorKind::Unsupported`]): this driver speaks plain TCP only.
 pub fn serve<L>(listener: TcpListener, master: MasterHandle<L>) -> io::Result<()>
 where
     L: LogSource + Send + Sync + 'static,
 {
+    if master.is_tls() {
+        return Err(crate::transport::no_tls(crate::Transport::Blocking));
+    }
     master.stop().register_wake(listener.local_addr()?);
     let mut connections: Vec<thread::JoinHandle<()>> = Vec::new();
     while !master.is_shut_down() {
@@ -213,8 +217,16 @@ fn writer<L: LogSource>(
 /// the master is not reading, which the loop's stall limit ends.
 const REPORT_RETRY: Duration = Duration::from_millis(10);
 
-/// Runs a slave on the calling thread until `slave` is shut down.
+/// Runs a slave on the calling thread until `slave` is shut down. A slave with TLS returns at
+/// once with an error logged: this driver speaks plain TCP only ([`Transport::spawn_slave`]
+/// refuses it beforehand).
+///
+/// [`Transport::spawn_slave`]: crate::Transport::spawn_slave
 pub fn run_slave<L: LogSink>(slave: SlaveHandle<L>) {
+    if slave.is_tls() {
+        tracing::error!("{}", crate::transport::no_tls(crate::Transport::Blocking));
+        return;
+    }
     let mut driver = SlaveDriver::new(slave.clone());
     let stop = slave.stop();
     while !stop.is_set() {

@@ -8,6 +8,7 @@ use rocketmq_ha::autoswitch;
 use rocketmq_ha::{ClientError, LogError, MasterError, SyncError};
 
 use crate::epoch_file::EpochFileError;
+use crate::TlsError;
 
 /// Why a driver closed a connection, or why a replication call failed.
 ///
@@ -18,7 +19,10 @@ use crate::epoch_file::EpochFileError;
 pub enum Error {
     /// A socket operation failed.
     #[error("network I/O failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// TLS failed, or one peer speaks TLS and the other plain TCP (see [`crate::tls`]).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// Dialing the master did not finish within `connect_timeout` (§1.4).
     #[error("connecting to {addr} timed out after {after:?}")]
     ConnectTimeout {
@@ -80,10 +84,27 @@ pub enum Error {
     EpochFile(#[from] EpochFileError),
 }
 
+impl From<io::Error> for Error {
+    /// A [`TlsError`] the socket wrapped in an `io::Error` (the async read and write return
+    /// those) comes out as [`Error::Tls`].
+    fn from(e: io::Error) -> Error {
+        if !e.get_ref().is_some_and(|inner| inner.is::<TlsError>()) {
+            return Error::Io(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|inner| inner.downcast::<TlsError>()) {
+            Some(Ok(tls)) => Error::Tls(*tls),
+            Some(Err(inner)) => Error::Io(io::Error::new(kind, inner)),
+            None => Error::Io(kind.into()),
+        }
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
             Error::Io(e) => e,
+            Error::Tls(e) => e.into(),
             Error::ConnectTimeout { .. } => io::Error::new(io::ErrorKind::TimedOut, e),
             Error::Resolve { source, .. } => source,
             Error::Rejected { .. } => io::Error::new(io::ErrorKind::ConnectionRefused, e),

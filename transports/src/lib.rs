@@ -15,7 +15,9 @@
 //! | `tokio` (feature `tokio`) | `tokio::net`, `sleep_until` | `tokio::serve` | `tokio::run_slave` |
 //!
 //! The `tokio` driver needs the feature `tokio` (off by default, so this crate alone pulls no tokio
-//! in). The `rocketmq-ha` command-line program built on these drivers is the crate
+//! in). TLS between our own masters and slaves, on the `smol` and `tokio` drivers, is the feature
+//! `tls` ([`tls`]: `MasterHandle::set_tls`, `SlaveHandle::set_tls`); RocketMQ's Java brokers
+//! speak plain TCP only. The `rocketmq-ha` command-line program built on these drivers is the crate
 //! `rocketmq-ha-cli`.
 //!
 //! All three are generic over the core's [`LogSource`](rocketmq_ha::LogSource) /
@@ -78,6 +80,8 @@ mod observe;
 mod runtime;
 mod shared;
 pub mod smol;
+mod stream;
+pub mod tls;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 mod transport;
@@ -89,4 +93,5 @@ pub use shared::{
     AutoSwitchMaster, AutoSwitchSlave, ClosedConnection, MasterHandle, MasterTotals,
     RefusedConnection, SharedLog, SlaveHandle, SlaveInfo, SlaveStatus,
 };
+pub use tls::TlsError;
 pub use transport::{Running, Transport, UnknownTransport};

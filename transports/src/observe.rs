@@ -109,6 +109,7 @@ impl CloseReason {
                 _ => CloseReason::Protocol,
             },
             Error::Log(_) | Error::EpochFile(_) => CloseReason::Storage,
+            Error::Tls(_) => CloseReason::Protocol,
             _ => CloseReason::Other,
         }
     }

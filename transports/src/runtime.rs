@@ -12,15 +12,20 @@ use futures_lite::FutureExt;
 use rocketmq_ha::{LogSink, LogSource};
 
 use crate::shared::{maybe, resolve_on_thread, ConnectionGuard, SlaveDriver, SlaveHandle};
+use crate::stream::Dialer;
 use crate::Error;
 
 /// What an async driver provides: a connected socket type, dialing, and a timer.
 pub(crate) trait Runtime {
-    /// A connected TCP socket, usable from several futures at once through `&`.
+    /// A connected socket (plain TCP or TLS over it), usable from several futures at once
+    /// through `&`.
     type Socket: Send + Sync;
 
-    /// Dials `addr` with TCP_NODELAY on (§1.2).
-    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<Self::Socket>> + Send;
+    /// Dials `addr` with TCP_NODELAY on (§1.2), wrapping the socket as `dialer` says.
+    fn connect(
+        addr: SocketAddr,
+        dialer: &Dialer,
+    ) -> impl Future<Output = io::Result<Self::Socket>> + Send;
 
     /// Reads once into `buf`; `Ok(0)` is EOF. Dropping the future before it completes reads
     /// nothing.
@@ -225,9 +230,10 @@ async fn dial<R: Runtime, L: LogSink>(slave: &mut SlaveDriver<L>) -> Result<R::S
         None => slave.dial_addresses_blocking()?,
     };
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to dial");
+    let dialer = slave.dialer();
     for addr in addrs {
         slave.dialing(addr);
-        match R::connect(addr).await {
+        match R::connect(addr, &dialer).await {
             Ok(socket) => return Ok(socket),
             Err(e) => last = e,
         }

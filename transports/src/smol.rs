@@ -21,25 +21,57 @@ use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
 
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
+use crate::stream::{Dialer, Io, Stream};
 use crate::{MasterHandle, SlaveHandle};
 
 struct Smol;
 
-impl Runtime for Smol {
-    type Socket = Async<TcpStream>;
+impl Io for Async<TcpStream> {
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        AsyncReadExt::read(&mut &*self, buf).await
+    }
 
-    async fn connect(addr: SocketAddr) -> io::Result<Async<TcpStream>> {
+    async fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        AsyncWriteExt::write_vectored(&mut &*self, bufs).await
+    }
+
+    #[cfg(feature = "tls")]
+    async fn readable(&self) -> io::Result<()> {
+        Async::readable(self).await
+    }
+
+    #[cfg(feature = "tls")]
+    async fn writable(&self) -> io::Result<()> {
+        Async::writable(self).await
+    }
+
+    #[cfg(feature = "tls")]
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // The socket is non-blocking (`Async` made it so).
+        std::io::Read::read(&mut self.get_ref(), buf)
+    }
+
+    #[cfg(feature = "tls")]
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        std::io::Write::write_vectored(&mut self.get_ref(), bufs)
+    }
+}
+
+impl Runtime for Smol {
+    type Socket = Stream<Async<TcpStream>>;
+
+    async fn connect(addr: SocketAddr, dialer: &Dialer) -> io::Result<Self::Socket> {
         let socket = Async::<TcpStream>::connect(addr).await?;
         socket.get_ref().set_nodelay(true)?;
-        Ok(socket)
+        dialer.wrap(socket)
     }
 
-    async fn read(socket: &Async<TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
-        (&*socket).read(buf).await
+    async fn read(socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize> {
+        socket.read(buf).await
     }
 
-    async fn write_vectored(socket: &Async<TcpStream>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        (&*socket).write_vectored(bufs).await
+    async fn write_vectored(socket: &Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        socket.write_vectored(bufs).await
     }
 
     async fn sleep_until(deadline: Instant) {
@@ -97,8 +129,14 @@ where
                 };
                 // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
                 if crate::shared::tune_master_socket(socket.get_ref()).is_ok() {
-                    tasks.retain(|task| !task.is_finished());
-                    tasks.push(executor.spawn(runtime::serve_connection::<Smol, L>(conn, socket)));
+                    match master.acceptor().wrap(socket) {
+                        Ok(socket) => {
+                            tasks.retain(|task| !task.is_finished());
+                            let serve = runtime::serve_connection::<Smol, L>(conn, socket);
+                            tasks.push(executor.spawn(serve));
+                        }
+                        Err(e) => conn.fail(e.into()),
+                    }
                 }
             }
             // Accept errors (a peer that reset before accept, out of descriptors) are about

@@ -18,39 +18,70 @@ use tokio::task::JoinSet;
 
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
+use crate::stream::{Dialer, Io, Stream};
 use crate::{MasterHandle, SlaveHandle};
 
 struct Tokio;
 
-impl Runtime for Tokio {
-    type Socket = TcpStream;
-
-    async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-        let socket = TcpStream::connect(addr).await?;
-        socket.set_nodelay(true)?;
-        Ok(socket)
-    }
-
-    async fn read(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+impl Io for TcpStream {
+    async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // `readable` + `try_read` works through `&TcpStream`, so a read and a write can be
         // pending at once without splitting the socket.
         loop {
-            socket.readable().await?;
-            match socket.try_read(buf) {
+            TcpStream::readable(self).await?;
+            match TcpStream::try_read(self, buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return result,
             }
         }
     }
 
-    async fn write_vectored(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    async fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         loop {
-            socket.writable().await?;
-            match socket.try_write_vectored(bufs) {
+            TcpStream::writable(self).await?;
+            match TcpStream::try_write_vectored(self, bufs) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return result,
             }
         }
+    }
+
+    #[cfg(feature = "tls")]
+    async fn readable(&self) -> io::Result<()> {
+        TcpStream::readable(self).await
+    }
+
+    #[cfg(feature = "tls")]
+    async fn writable(&self) -> io::Result<()> {
+        TcpStream::writable(self).await
+    }
+
+    #[cfg(feature = "tls")]
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+
+    #[cfg(feature = "tls")]
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
+    }
+}
+
+impl Runtime for Tokio {
+    type Socket = Stream<TcpStream>;
+
+    async fn connect(addr: SocketAddr, dialer: &Dialer) -> io::Result<Self::Socket> {
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        dialer.wrap(socket)
+    }
+
+    async fn read(socket: &Self::Socket, buf: &mut [u8]) -> io::Result<usize> {
+        socket.read(buf).await
+    }
+
+    async fn write_vectored(socket: &Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        socket.write_vectored(bufs).await
     }
 
     async fn sleep_until(deadline: Instant) {
@@ -82,7 +113,12 @@ where
                 };
                 // Without TCP_NODELAY small reports wait for delayed ACKs (§1.2).
                 if crate::shared::tune_master_socket(&socket).is_ok() {
-                    tasks.spawn(runtime::serve_connection::<Tokio, L>(conn, socket));
+                    match master.acceptor().wrap(socket) {
+                        Ok(socket) => {
+                            tasks.spawn(runtime::serve_connection::<Tokio, L>(conn, socket));
+                        }
+                        Err(e) => conn.fail(e.into()),
+                    }
                 }
             }
             // Accept errors are about one connection or momentary; pause briefly so a

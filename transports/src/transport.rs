@@ -17,7 +17,7 @@ use crate::{blocking, smol, MasterHandle, SlaveHandle};
 /// without the `tokio` feature too, and spawning it then fails with
 /// [`io::ErrorKind::Unsupported`] ([`is_available`](Self::is_available) says so beforehand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive] // more drivers (io_uring, TLS) may come
+#[non_exhaustive] // more drivers (io_uring) may come
 pub enum Transport {
     /// [`blocking`]: std sockets, threads.
     Blocking,
@@ -50,11 +50,19 @@ impl Transport {
         Transport::ALL.contains(&self)
     }
 
+    /// Whether this driver can speak TLS (the async ones; see [`crate::tls`]).
+    pub fn has_tls(self) -> bool {
+        !matches!(self, Transport::Blocking)
+    }
+
     /// Binds `addr` and serves `master` on a new thread until it is shut down.
     pub fn spawn_master<L>(self, addr: SocketAddr, master: MasterHandle<L>) -> io::Result<Running>
     where
         L: LogSource + Send + Sync + 'static,
     {
+        if master.is_tls() && !self.has_tls() {
+            return Err(no_tls(self));
+        }
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
         let stop = master.clone();
@@ -89,6 +97,9 @@ impl Transport {
     where
         L: LogSink + Send + Sync + 'static,
     {
+        if slave.is_tls() && !self.has_tls() {
+            return Err(no_tls(self));
+        }
         let stop = slave.clone();
         let thread = match self {
             Transport::Blocking => spawn("ha-slave", move || {
@@ -113,6 +124,14 @@ impl Transport {
             thread: Some(thread),
         })
     }
+}
+
+/// The error for a handle with TLS given to a driver without it.
+pub(crate) fn no_tls(transport: Transport) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("the {transport} transport has no TLS: use smol or tokio"),
+    )
 }
 
 #[cfg(not(feature = "tokio"))]

@@ -15,13 +15,15 @@ use rocketmq_ha::autoswitch::{self, BrokerId, EpochList};
 use rocketmq_ha::flow::RateLimit;
 use rocketmq_ha::{
     AckPolicy, Admission, Config, ConnectionId, ConnectionState, Decision, LogError, LogSink,
-    LogSource, MasterEvent, MasterLoop, MasterService, Refusal, SyncError, Ticket, Traffic,
+    LogSource, MasterEvent, MasterLoop, MasterService, Refusal, StartPosition, SyncError, Ticket,
+    Traffic,
 };
 use tracing::Span;
 
 use super::master_protocol::{AutoSwitchMaster, AutoSwitchState, MasterProtocol, SharedAutoSwitch};
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
 use crate::observe::{CloseReason, TrafficCell};
+use crate::stream::Acceptor;
 use crate::Error;
 
 /// One connected slave, as the master sees it.
@@ -135,6 +137,8 @@ struct MasterInner<L> {
     /// Fires on acks, completed waits, and connections opening or closing.
     changed: Event,
     stop: Stop,
+    /// Plain TCP or TLS, for connections accepted from now on.
+    acceptor: Mutex<Acceptor>,
     /// Changes whenever the rate limit or the number of connections does (a shared limit is
     /// split among them): connection loops compare it without taking the lock.
     rate_generation: AtomicU64,
@@ -216,6 +220,7 @@ impl<L> MasterHandle<L> {
                 }),
                 changed: Event::new(),
                 stop: Stop::default(),
+                acceptor: Mutex::default(),
                 rate_generation: AtomicU64::new(0),
                 autoswitch: autoswitch.map(|state| Arc::new(Mutex::new(state))),
             }),
@@ -473,11 +478,28 @@ impl<L> MasterHandle<L> {
         &self.inner.stop
     }
 
+    /// Serves connections accepted from now on over TLS (`Some`) or plain TCP (`None`, the
+    /// default). Only the `smol` and `tokio` drivers speak TLS; see [`crate::tls`].
+    #[cfg(feature = "tls")]
+    pub fn set_tls(&self, tls: Option<crate::tls::ServerTls>) {
+        lock(&self.inner.acceptor).tls = tls;
+    }
+
+    /// Whether connections are served over TLS.
+    pub fn is_tls(&self) -> bool {
+        lock(&self.inner.acceptor).is_tls()
+    }
+
+    /// How to wrap the next accepted socket.
+    pub(crate) fn acceptor(&self) -> Acceptor {
+        lock(&self.inner.acceptor).clone()
+    }
+
     /// Registers a socket the driver accepted from `peer` with the service, if the admission
     /// policy lets it in. Dropping the guard unregisters it.
     pub(crate) fn register_accepted(&self, peer: SocketAddr) -> Accepted<L> {
         let traffic = Arc::new(TrafficCell::default());
-        let id = {
+        let (id, start_position) = {
             let mut state = lock(&self.inner.state);
             if self.is_shut_down() {
                 return Accepted::ShutDown;
@@ -495,6 +517,9 @@ impl<L> MasterHandle<L> {
                 self.inner.changed.notify(usize::MAX);
                 return Accepted::Refuse;
             }
+            let start_position = state
+                .admission
+                .start_position(peer.ip(), self.inner.config.start_position());
             let now = Instant::now();
             let id = state.service.register(now);
             state.peers.insert(
@@ -510,7 +535,7 @@ impl<L> MasterHandle<L> {
             );
             state.totals.accepted += 1;
             self.inner.rate_generation.fetch_add(1, Ordering::SeqCst);
-            id
+            (id, start_position)
         };
         self.inner.changed.notify(usize::MAX);
         let span = tracing::info_span!("serving", peer = %peer, id = id.get());
@@ -519,6 +544,7 @@ impl<L> MasterHandle<L> {
             master: self.clone(),
             id,
             peer,
+            start_position,
             error: Mutex::new(None),
             span,
             traffic,
@@ -637,6 +663,8 @@ pub(crate) struct ConnectionGuard<L> {
     master: MasterHandle<L>,
     id: ConnectionId,
     peer: SocketAddr,
+    /// Where an empty slave starts on this connection (the admission's full-copy blocks).
+    start_position: StartPosition,
     error: Mutex<Option<Error>>,
     /// The connection's span: the explicit parent of its events.
     span: Span,
@@ -652,11 +680,18 @@ impl<L> ConnectionGuard<L> {
         &self.master
     }
 
-    /// A fresh connection loop for this connection, of the master's protocol.
+    /// A fresh connection loop for this connection, of the master's protocol. A classic loop
+    /// starts an empty slave where the admission policy says (a full copy for some); an
+    /// AutoSwitch slave says itself where it starts (`syncFromLastFile`, §5.5).
     pub(crate) fn machine(&self) -> MasterProtocol {
         let (config, now) = (self.master.inner.config, Instant::now());
         match &self.master.inner.autoswitch {
-            None => MasterProtocol::Classic(MasterLoop::new(config, now)),
+            None => {
+                let mut machine = MasterLoop::new(config, now);
+                let fresh = machine.set_start_position(self.start_position);
+                debug_assert!(fresh.is_ok(), "a new loop has had no report");
+                MasterProtocol::Classic(machine)
+            }
             Some(shared) => MasterProtocol::AutoSwitch {
                 lp: autoswitch::MasterLoop::new(config, now),
                 shared: Arc::clone(shared),
@@ -710,7 +745,13 @@ impl<L> ConnectionGuard<L> {
                             peer.requested = Some(requested);
                             peer.start = Some(start);
                         }
-                        tracing::info!(parent: &self.span, requested, start, "transfer starts");
+                        if requested == 0
+                            && self.start_position != self.master.inner.config.start_position()
+                        {
+                            tracing::info!(parent: &self.span, requested, start, "transfer starts: a full copy, granted to this address");
+                        } else {
+                            tracing::info!(parent: &self.span, requested, start, "transfer starts");
+                        }
                     }
                     MasterEvent::Acked { offset } => {
                         tracing::trace!(parent: &self.span, offset, "ack");

@@ -19,6 +19,7 @@ use super::dial::resolve_blocking;
 use super::slave_protocol::{AutoSwitchSetup, AutoSwitchSlave, Outgoing, SlaveProtocol, Stored};
 use super::{block_until, lock, until, SharedLog, Stop, HISTORY};
 use crate::observe::CloseReason;
+use crate::stream::Dialer;
 use crate::Error;
 
 /// What a slave driver has done so far.
@@ -79,6 +80,8 @@ struct SlaveInner<L> {
     autoswitch: Option<AutoSwitchSetup<L>>,
     state: Mutex<SlaveState>,
     stop: Stop,
+    /// Plain TCP or TLS, for dials from now on.
+    dialer: Mutex<Dialer>,
 }
 
 #[derive(Default)]
@@ -196,6 +199,7 @@ impl<L> SlaveHandle<L> {
                 autoswitch,
                 state: Mutex::new(state),
                 stop: Stop::default(),
+                dialer: Mutex::default(),
             }),
         }
     }
@@ -284,6 +288,18 @@ impl<L> SlaveHandle<L> {
     /// Whether [`shutdown`](Self::shutdown) was called.
     pub fn is_shut_down(&self) -> bool {
         self.inner.stop.is_set()
+    }
+
+    /// Dials over TLS (`Some`) or plain TCP (`None`, the default) from the next dial on. Only
+    /// the `smol` and `tokio` drivers speak TLS; see [`crate::tls`].
+    #[cfg(feature = "tls")]
+    pub fn set_tls(&self, tls: Option<crate::tls::ClientTls>) {
+        lock(&self.inner.dialer).tls = tls;
+    }
+
+    /// Whether the slave dials over TLS.
+    pub fn is_tls(&self) -> bool {
+        lock(&self.inner.dialer).is_tls()
     }
 
     pub(crate) fn stop(&self) -> &Stop {
@@ -388,6 +404,11 @@ impl<L: LogSink> SlaveDriver<L> {
             Some(host) => resolve_blocking(host),
             None => Ok(vec![self.handle.inner.master]),
         }
+    }
+
+    /// How to wrap the next dialed socket.
+    pub(crate) fn dialer(&self) -> Dialer {
+        lock(&self.handle.inner.dialer).clone()
     }
 
     /// The host to resolve before dialing, if any (async drivers resolve off their thread).
