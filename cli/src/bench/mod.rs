@@ -518,6 +518,10 @@ impl LogSource for Prefix {
         let room = usize::try_from(max - offset).unwrap_or(usize::MAX);
         self.log.read(offset, max_len.min(room))
     }
+
+    fn file_region(&self, offset: u64, len: usize) -> Option<rocketmq_ha::FileRegion> {
+        self.log.file_region(offset, len)
+    }
 }
 
 fn loopback_addr() -> SocketAddr {
