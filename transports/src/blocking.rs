@@ -23,7 +23,7 @@ use rocketmq_ha::{LogSink, LogSource, MasterLoop};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
-use crate::runtime::io_slices;
+use crate::frame_write::{self, Step};
 use crate::shared::{read_timeout, Accepted, ConnectionGuard, SlaveDriver};
 use crate::{Error, MasterHandle, SlaveHandle};
 
@@ -190,8 +190,12 @@ fn writer<L: LogSource>(
         }
         if let Some(mut transmit) = transmit {
             while transmit.has_remaining() {
-                let (slices, n) = io_slices(&transmit);
-                match stream.write_vectored(&slices[..n]) {
+                // A std `TcpStream` is plain TCP: the body may go from its file.
+                let wrote = match frame_write::next_step(&transmit, true) {
+                    Step::Copy(slices, n) => stream.write_vectored(&slices[..n]),
+                    Step::File(step) => step.run(stream),
+                };
+                match wrote {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                     Ok(written) => {
                         transmit.advance(written);

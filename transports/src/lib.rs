@@ -73,6 +73,7 @@ pub mod blocking;
 pub mod epoch_file;
 mod error;
 pub mod file_log;
+mod frame_write;
 mod observe;
 mod runtime;
 mod shared;

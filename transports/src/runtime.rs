@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Instant;
 
-use bytes::Buf;
 use futures_lite::FutureExt;
 use rocketmq_ha::{LogSink, LogSource, Transmit};
 
+use crate::frame_write::{self, FileStep, Step};
 use crate::shared::{maybe, resolve_on_thread, ConnectionGuard, SlaveDriver, SlaveHandle};
 use crate::Error;
 
@@ -38,13 +38,33 @@ pub(crate) trait Runtime {
 
     /// Completes at `deadline`.
     fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send;
+
+    /// Whether `socket` is plain TCP, so that a frame's body may go from its file
+    /// ([`frame_write`]; TLS, for one, cannot). The default says no: frames are copied.
+    fn plain_tcp(socket: &Self::Socket) -> bool {
+        let _ = socket;
+        false
+    }
+
+    /// Does `step` once when the socket is writable (only asked when
+    /// [`plain_tcp`](Self::plain_tcp) said yes). Dropping the future before it completes
+    /// sends nothing.
+    fn write_file_step<'a>(
+        socket: &'a Self::Socket,
+        step: FileStep<'a>,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        let _ = (socket, step);
+        async { Err(io::ErrorKind::Unsupported.into()) }
+    }
 }
 
-/// Header and body of `transmit` as the slices of one vectored write.
-pub(crate) fn io_slices(transmit: &Transmit) -> ([IoSlice<'_>; 2], usize) {
-    let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
-    let n = transmit.chunks_vectored(&mut slices);
-    (slices, n)
+/// Writes once from the rest of `transmit`, copying it or sending its body from its file, as
+/// [`frame_write::next_step`] says for this socket.
+async fn write_frame<R: Runtime>(socket: &R::Socket, transmit: &Transmit) -> io::Result<usize> {
+    match frame_write::next_step(transmit, R::plain_tcp(socket)) {
+        Step::Copy(slices, n) => R::write_vectored(socket, &slices[..n]).await,
+        Step::File(step) => R::write_file_step(socket, step).await,
+    }
 }
 
 /// A timer kept across run-loop iterations: the deadline it rings at, and its sleep.
@@ -143,11 +163,10 @@ async fn master_loop<R: Runtime, L: LogSource>(
             }
         }
         .or(async {
-            let (slices, n) = match &pending {
-                Some(transmit) => io_slices(transmit),
+            match &pending {
+                Some(transmit) => Wake::Wrote(write_frame::<R>(socket, transmit).await),
                 None => std::future::pending().await,
-            };
-            Wake::Wrote(R::write_vectored(socket, &slices[..n]).await)
+            }
         })
         .or(async {
             maybe(grew).await;

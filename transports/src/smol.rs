@@ -19,6 +19,7 @@ use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
 
+use crate::frame_write::FileStep;
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
 use crate::{MasterHandle, SlaveHandle};
@@ -44,6 +45,14 @@ impl Runtime for Smol {
 
     async fn sleep_until(deadline: Instant) {
         Timer::at(deadline).await;
+    }
+
+    fn plain_tcp(_: &Async<TcpStream>) -> bool {
+        true
+    }
+
+    async fn write_file_step(socket: &Async<TcpStream>, step: FileStep<'_>) -> io::Result<usize> {
+        socket.write_with(|s| step.run(s)).await
     }
 }
 

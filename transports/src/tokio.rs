@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::frame_write::FileStep;
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
 use crate::{MasterHandle, SlaveHandle};
@@ -55,6 +57,20 @@ impl Runtime for Tokio {
 
     async fn sleep_until(deadline: Instant) {
         tokio::time::sleep_until(deadline.into()).await;
+    }
+
+    fn plain_tcp(_: &TcpStream) -> bool {
+        true
+    }
+
+    async fn write_file_step(socket: &TcpStream, step: FileStep<'_>) -> io::Result<usize> {
+        loop {
+            socket.writable().await?;
+            match socket.try_io(Interest::WRITABLE, || step.run(socket)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
     }
 }
 
