@@ -61,16 +61,20 @@ impl<L> SharedLog<L> {
 
     /// Runs `f` with write access, then wakes everyone waiting for growth.
     pub fn update<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
-        let result = {
-            let mut log = self
-                .inner
-                .log
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            f(&mut log)
-        };
+        let result = self.update_quietly(f);
         self.notify();
         result
+    }
+
+    /// Runs `f` with write access and wakes no one: the caller calls [`notify`](Self::notify)
+    /// when it is done (a master's producer first writes frames itself).
+    pub(crate) fn update_quietly<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
+        let mut log = self
+            .inner
+            .log
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut log)
     }
 
     /// A listener that fires at the next [`update`](Self::update) (or other wake-up). Create it
@@ -114,8 +118,15 @@ impl<L: LogSink> SharedLog<L> {
     /// Appends `data` at the end of the log (the producer's path on a master) and wakes the
     /// connection drivers; returns the new max offset.
     pub fn append(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
+        let end = self.append_quietly(data);
+        self.notify();
+        end
+    }
+
+    /// [`append`](Self::append) without the wake-up (see [`update_quietly`](Self::update_quietly)).
+    pub(crate) fn append_quietly(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
         let data = data.into();
-        self.update(|log| {
+        self.update_quietly(|log| {
             let end = log.max_offset();
             log.append(end, data)
         })
