@@ -22,12 +22,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Buf;
 use event_listener::Listener;
-use rocketmq_ha::{LogSink, LogSource, MasterLoop};
+use rocketmq_ha::{LogSink, LogSource};
 use rustix::io::Errno;
-use rustix::net::{SendAncillaryBuffer, SendFlags};
+use rustix::net::SendFlags;
 
 use crate::frame_write::{self, Step};
-use crate::shared::{read_timeout, Accepted, ConnectionGuard, DirectWrite, SlaveDriver};
+use crate::shared::{
+    read_timeout, Accepted, ConnectionGuard, DirectWrite, SharedLoop, SlaveDriver,
+};
 use crate::{Error, MasterHandle, SharedLog, SlaveHandle};
 
 /// Serves slaves on `listener` until `master` is shut down, one pair of threads per connection;
@@ -70,25 +72,16 @@ where
 /// [`DirectWrite`], by producers appending to the log.
 struct Connection<L> {
     conn: ConnectionGuard<L>,
-    machine: Mutex<Machine>,
+    machine: Mutex<SharedLoop>,
     stream: TcpStream,
     /// Set when either thread ends: the other stops too.
     done: AtomicBool,
 }
 
-/// The connection's loop and who is writing its frame.
-struct Machine {
-    lp: MasterLoop,
-    /// The writer thread is writing a frame outside the lock: nobody else may write.
-    writing: bool,
-    /// The rate-limit generation the loop last took (see `ConnectionGuard::apply_rate_limit`).
-    rate_seen: Option<u64>,
-}
-
 impl<L: LogSource> Connection<L> {
     /// Locks the connection's loop (a panicking peer thread leaves it consistent: every method
     /// call is atomic under the lock).
-    fn lock(&self) -> std::sync::MutexGuard<'_, Machine> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedLoop> {
         self.machine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -105,39 +98,15 @@ impl<L: LogSource> Connection<L> {
 }
 
 impl<L: LogSource + Send + Sync> DirectWrite<L> for Connection<L> {
-    /// Writes the next frame with one non-blocking `sendmsg` when the writer thread is not
-    /// writing one. Frames whose body goes from its file are left to the writer (`sendfile`
-    /// cannot be asked not to block), as is whatever the socket does not take at once.
+    /// Writes with one non-blocking `sendmsg` ([`frame_write::send_now`]); the writer
+    /// thread, woken after, sends what the socket did not take.
     fn write_now(&self, log: &SharedLog<L>) {
         if self.done.load(Ordering::SeqCst) {
             return;
         }
-        let mut m = self.lock();
-        if m.writing {
-            return;
-        }
-        let Machine { lp, rate_seen, .. } = &mut *m;
-        self.conn.apply_rate_limit(lp, rate_seen);
-        let result = (|| -> Result<(), Error> {
-            let Some(transmit) = lp.poll_write(Instant::now(), &*log.read())? else {
-                return Ok(());
-            };
-            let Step::Copy(slices, n) = frame_write::next_step(transmit, true) else {
-                return Ok(());
-            };
-            let mut control = SendAncillaryBuffer::default();
-            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-            match rustix::net::sendmsg(&self.stream, &slices[..n], &mut control, flags) {
-                Ok(written) => {
-                    lp.handle_written(Instant::now(), written)?;
-                    self.conn.forward(lp);
-                    Ok(())
-                }
-                Err(Errno::AGAIN | Errno::INTR) => Ok(()),
-                Err(e) => Err(io::Error::from(e).into()),
-            }
-        })();
-        drop(m);
+        let result = self.conn.write_directly(&mut self.lock(), log, |slices| {
+            frame_write::send_now(&self.stream, slices)
+        });
         if result.is_err() {
             self.finish(result);
         }
@@ -156,11 +125,7 @@ fn serve_connection<L: LogSource + Send + Sync + 'static>(
     match crate::shared::tune_master_socket(&stream) {
         Ok(()) => {
             let connection = Arc::new(Connection {
-                machine: Mutex::new(Machine {
-                    lp: conn.machine(),
-                    writing: false,
-                    rate_seen: None,
-                }),
+                machine: Mutex::new(SharedLoop::new(conn.machine())),
                 conn,
                 stream,
                 done: AtomicBool::new(false),
@@ -236,7 +201,7 @@ fn writer<L: LogSource>(c: &Connection<L>) -> Result<(), Error> {
     // not held while the socket blocks; `writing` keeps producers off it meanwhile.
     let poll = || -> Result<_, Error> {
         let mut m = c.lock();
-        let Machine {
+        let SharedLoop {
             lp,
             writing,
             rate_seen,

@@ -65,6 +65,15 @@ pub(crate) fn next_step(transmit: &Transmit, plain_tcp: bool) -> Step<'_> {
     Step::Copy(slices, n)
 }
 
+/// Sends `bufs` on `socket` at once or not at all: `WouldBlock` when it has no room, never
+/// blocking, whatever the socket's mode (a producer writing a frame itself, beside the
+/// connection's own writer).
+pub(crate) fn send_now<S: AsFd>(socket: S, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let mut control = rustix::net::SendAncillaryBuffer::default();
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    Ok(rustix::net::sendmsg(socket, bufs, &mut control, flags)?)
+}
+
 impl FileStep<'_> {
     /// Does the step once on `socket` (blocking or not, as the socket is) and returns the
     /// bytes sent. A file that ends before the region the log named (it never should) is an

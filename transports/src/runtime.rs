@@ -5,13 +5,17 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use futures_lite::FutureExt;
 use rocketmq_ha::{LogSink, LogSource, Transmit};
 
 use crate::frame_write::{self, FileStep, Step};
-use crate::shared::{maybe, resolve_on_thread, ConnectionGuard, SlaveDriver, SlaveHandle};
+use crate::shared::{
+    maybe, resolve_on_thread, ConnectionGuard, DirectWrite, SharedLog, SharedLoop, SlaveDriver,
+    SlaveHandle,
+};
 use crate::Error;
 
 /// What an async driver provides: a connected socket type, dialing, and a timer.
@@ -44,6 +48,15 @@ pub(crate) trait Runtime {
     fn plain_tcp(socket: &Self::Socket) -> bool {
         let _ = socket;
         false
+    }
+
+    /// Writes `bufs` now from any thread, without waiting and without blocking: a producer
+    /// writing a frame itself (see `DirectWrite`). The default says `WouldBlock`, which
+    /// leaves every frame to the connection's task (a TLS session cannot be written from
+    /// beside its task).
+    fn try_send_now(socket: &Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let _ = (socket, bufs);
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     /// Does `step` once when the socket is writable (only asked when
@@ -111,46 +124,106 @@ enum Wake {
     Deadline,
 }
 
-/// Drives one accepted slave connection until it closes; the guard records why.
-pub(crate) async fn serve_connection<R: Runtime, L: LogSource>(
+/// One accepted connection, shared by its task and, through [`DirectWrite`], by producers
+/// appending to the log.
+struct Connection<R: Runtime, L> {
     conn: ConnectionGuard<L>,
     socket: R::Socket,
-) {
-    if let Err(e) = master_loop::<R, L>(&conn, &socket).await {
-        conn.fail(e);
+    machine: Mutex<SharedLoop>,
+    /// Why a producer's write closed the connection, for the task to return.
+    failed: Mutex<Option<Error>>,
+}
+
+impl<R: Runtime, L> Connection<R, L> {
+    fn lock(&self) -> MutexGuard<'_, SharedLoop> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-async fn master_loop<R: Runtime, L: LogSource>(
-    conn: &ConnectionGuard<L>,
-    socket: &R::Socket,
-) -> Result<(), Error> {
+impl<R: Runtime, L: LogSource + Send + Sync> DirectWrite<L> for Connection<R, L> {
+    /// Writes through [`Runtime::try_send_now`]; the task, woken after, sends what the socket
+    /// did not take, and returns the error if the write failed.
+    fn write_now(&self, log: &SharedLog<L>) {
+        let result = self.conn.write_directly(&mut self.lock(), log, |slices| {
+            R::try_send_now(&self.socket, slices)
+        });
+        if let Err(e) = result {
+            self.failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(e);
+        }
+    }
+}
+
+/// Drives one accepted slave connection until it closes; the guard records why.
+pub(crate) async fn serve_connection<R, L>(conn: ConnectionGuard<L>, socket: R::Socket)
+where
+    R: Runtime + 'static,
+    R::Socket: 'static,
+    L: LogSource + Send + Sync + 'static,
+{
+    let connection = Arc::new(Connection::<R, L> {
+        machine: Mutex::new(SharedLoop::new(conn.machine())),
+        conn,
+        socket,
+        failed: Mutex::new(None),
+    });
+    let direct: Weak<Connection<R, L>> = Arc::downgrade(&connection);
+    connection.conn.allow_direct_writes(direct);
+    if let Err(e) = master_loop::<R, L>(&connection).await {
+        connection.conn.fail(e);
+    }
+    // No producer holds the connection after this: its guard is dropped here.
+    connection.conn.stop_direct_writes();
+}
+
+async fn master_loop<R: Runtime, L: LogSource>(c: &Connection<R, L>) -> Result<(), Error> {
+    let (conn, socket) = (&c.conn, &c.socket);
     let log = conn.master().log();
-    let mut lp = conn.machine();
     // The read of reports outlives loop iterations: a new one per iteration would try the
     // socket (async-io reads eagerly) and re-arm its interest at every frame written.
     let mut reading = std::pin::pin!(None);
     let mut spare: Option<Reports> = Some(Box::new([0; 1024]));
     let mut alarm = None;
-    let mut rate_seen = None;
     loop {
-        conn.apply_rate_limit(&mut lp, &mut rate_seen);
-        // Deadlines are handled on every turn, not only when the alarm wins the race: a slave
-        // that floods reports (always readable) must not hold off housekeeping or the
-        // write-stall limit.
-        let now = Instant::now();
-        if lp.poll_timeout().is_some_and(|d| d <= now) {
-            lp.handle_timeout(now)?;
+        if let Some(e) = c
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(e);
         }
         let mut grew = None;
-        let mut pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
-        if pending.is_none() {
-            // Listen, then look again: growth between the two wakes the listener.
-            let listener = log.listen();
-            pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
-            grew = pending.is_none().then_some(listener);
-        }
-        rearm(&mut alarm, lp.poll_timeout(), R::sleep_until);
+        let pending = {
+            let mut m = c.lock();
+            let SharedLoop {
+                lp,
+                writing,
+                rate_seen,
+            } = &mut *m;
+            conn.apply_rate_limit(lp, rate_seen);
+            // Deadlines are handled on every turn, not only when the alarm wins the race: a
+            // slave that floods reports (always readable) must not hold off housekeeping or
+            // the write-stall limit.
+            let now = Instant::now();
+            if lp.poll_timeout().is_some_and(|d| d <= now) {
+                lp.handle_timeout(now)?;
+            }
+            let mut pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
+            if pending.is_none() {
+                // Listen, then look again: growth between the two wakes the listener (a
+                // producer that wrote the frame itself wakes it too, after).
+                let listener = log.listen();
+                pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
+                grew = pending.is_none().then_some(listener);
+            }
+            // Until the race below is over, its write may be under way: producers keep off.
+            *writing = pending.is_some();
+            rearm(&mut alarm, lp.poll_timeout(), R::sleep_until);
+            pending
+        };
         if reading.is_none() {
             let reports = spare.take().unwrap_or_else(|| Box::new([0; 1024]));
             reading.set(Some(read_reports::<R>(socket, reports)));
@@ -181,6 +254,9 @@ async fn master_loop<R: Runtime, L: LogSource>(
         if matches!(wake, Wake::Read(_)) {
             reading.set(None);
         }
+        let mut m = c.lock();
+        m.writing = false;
+        let lp = &mut m.lp;
         match wake {
             Wake::Read((_, Ok(0))) => return Ok(()),
             Wake::Read((reports, Ok(n))) => {
@@ -197,7 +273,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
                 lp.handle_timeout(now)?
             }
         }
-        conn.forward(&mut lp);
+        conn.forward(lp);
     }
 }
 

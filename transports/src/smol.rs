@@ -19,7 +19,7 @@ use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
 
-use crate::frame_write::FileStep;
+use crate::frame_write::{self, FileStep};
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
 use crate::{MasterHandle, SlaveHandle};
@@ -49,6 +49,11 @@ impl Runtime for Smol {
 
     fn plain_tcp(_: &Async<TcpStream>) -> bool {
         true
+    }
+
+    fn try_send_now(socket: &Async<TcpStream>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // The socket is non-blocking; a `WouldBlock` here leaves async-io's interest as it was.
+        frame_write::send_now(socket, bufs)
     }
 
     async fn write_file_step(socket: &Async<TcpStream>, step: FileStep<'_>) -> io::Result<usize> {

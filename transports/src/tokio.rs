@@ -17,7 +17,7 @@ use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::frame_write::FileStep;
+use crate::frame_write::{self, FileStep};
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
 use crate::{MasterHandle, SlaveHandle};
@@ -61,6 +61,11 @@ impl Runtime for Tokio {
 
     fn plain_tcp(_: &TcpStream) -> bool {
         true
+    }
+
+    fn try_send_now(socket: &TcpStream, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // Through `try_io`, so a full socket clears tokio's readiness as its own writes would.
+        socket.try_io(Interest::WRITABLE, || frame_write::send_now(socket, bufs))
     }
 
     async fn write_file_step(socket: &TcpStream, step: FileStep<'_>) -> io::Result<usize> {

@@ -19,6 +19,7 @@ use rocketmq_ha::{
 use tracing::Span;
 
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
+use crate::frame_write::{self, Step};
 use crate::observe::{CloseReason, TrafficCell};
 use crate::Error;
 
@@ -131,8 +132,11 @@ struct MasterInner<L> {
     /// split among them): connection loops compare it without taking the lock.
     rate_generation: AtomicU64,
     /// Connections whose frames a producer may write itself, by id (see [`DirectWrite`]).
-    direct: Mutex<Vec<(ConnectionId, Weak<dyn DirectWrite<L>>)>>,
+    direct: Mutex<Vec<DirectEntry<L>>>,
 }
+
+/// A connection producers may write to, by id (held weakly: the driver owns it).
+type DirectEntry<L> = (ConnectionId, Weak<dyn DirectWrite<L>>);
 
 /// A connection whose next frame the producer that appended it may write on its own thread,
 /// sparing the wake-up of the connection's writer (a sync put then waits for three wake-ups
@@ -145,6 +149,27 @@ pub(crate) trait DirectWrite<L>: Send + Sync {
     /// Writes the connection's next frame now if nobody is writing it and the socket takes it
     /// without blocking; otherwise does nothing (the writer, woken next, sends it).
     fn write_now(&self, log: &SharedLog<L>);
+}
+
+/// A connection's loop as its driver and producers share it (behind the driver's mutex).
+pub(crate) struct SharedLoop {
+    pub(crate) lp: MasterLoop,
+    /// The driver is writing a frame (or may be, in an async race) outside the lock: nobody
+    /// else may write now.
+    pub(crate) writing: bool,
+    /// The rate-limit generation the loop last took (see
+    /// [`ConnectionGuard::apply_rate_limit`]).
+    pub(crate) rate_seen: Option<u64>,
+}
+
+impl SharedLoop {
+    pub(crate) fn new(lp: MasterLoop) -> Self {
+        SharedLoop {
+            lp,
+            writing: false,
+            rate_seen: None,
+        }
+    }
 }
 
 struct MasterState {
@@ -677,6 +702,48 @@ impl<L> ConnectionGuard<L> {
                 );
             }
             *published = traffic;
+        }
+    }
+
+    /// A producer's write (see [`DirectWrite`]): the loop's next frame, if the driver is not
+    /// writing one and it is copied, not sent from its file (`sendfile` cannot be asked not
+    /// to block), goes out through `try_send`, which must not block (`WouldBlock` leaves the
+    /// frame to the driver). An error closes the connection.
+    pub(crate) fn write_directly(
+        &self,
+        shared: &mut SharedLoop,
+        log: &SharedLog<L>,
+        try_send: impl FnOnce(&[std::io::IoSlice<'_>]) -> std::io::Result<usize>,
+    ) -> Result<(), Error>
+    where
+        L: LogSource,
+    {
+        if shared.writing {
+            return Ok(());
+        }
+        let SharedLoop { lp, rate_seen, .. } = shared;
+        self.apply_rate_limit(lp, rate_seen);
+        let Some(transmit) = lp.poll_write(Instant::now(), &*log.read())? else {
+            return Ok(());
+        };
+        let Step::Copy(slices, n) = frame_write::next_step(transmit, true) else {
+            return Ok(());
+        };
+        match try_send(&slices[..n]) {
+            Ok(written) => {
+                lp.handle_written(Instant::now(), written)?;
+                self.forward(lp);
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

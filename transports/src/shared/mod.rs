@@ -13,7 +13,7 @@ mod stop;
 
 pub(crate) use dial::resolve_on_thread;
 pub use log::SharedLog;
-pub(crate) use master::{Accepted, ConnectionGuard, DirectWrite};
+pub(crate) use master::{Accepted, ConnectionGuard, DirectWrite, SharedLoop};
 pub use master::{ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SlaveInfo};
 pub(crate) use slave::SlaveDriver;
 pub use slave::{SlaveHandle, SlaveStatus};
