@@ -100,15 +100,19 @@ impl<L: LogSource> Connection<L> {
 impl<L: LogSource + Send + Sync> DirectWrite<L> for Connection<L> {
     /// Writes with one non-blocking `sendmsg` ([`frame_write::send_now`]); the writer
     /// thread, woken after, sends what the socket did not take.
-    fn write_now(&self, log: &SharedLog<L>) {
+    fn write_now(&self, log: &SharedLog<L>) -> bool {
         if self.done.load(Ordering::SeqCst) {
-            return;
+            return false;
         }
         let result = self.conn.write_directly(&mut self.lock(), log, |slices| {
             frame_write::send_now(&self.stream, slices)
         });
-        if result.is_err() {
-            self.finish(result);
+        match result {
+            Ok(wake) => wake,
+            Err(e) => {
+                self.finish(Err(e));
+                false
+            }
         }
     }
 }
@@ -215,7 +219,7 @@ fn writer<L: LogSource>(c: &Connection<L>) -> Result<(), Error> {
         let mut transmit = poll()?.0;
         if transmit.is_none() {
             // Listen, then look again: growth between the two wakes the listener.
-            let listener = log.listen();
+            let listener = log.listen_as_driver();
             // The reader sets `done` before its wake-up: seen here, or the listener hears it.
             // Without this, a writer that woke at the same deadline as the reader closed the
             // machine (the first report's, housekeeping) could miss the wake-up and wait for

@@ -141,18 +141,19 @@ impl<R: Runtime, L> Connection<R, L> {
 }
 
 impl<R: Runtime, L: LogSource + Send + Sync> DirectWrite<L> for Connection<R, L> {
-    /// Writes through [`Runtime::try_send_now`]; the task, woken after, sends what the socket
-    /// did not take, and returns the error if the write failed.
-    fn write_now(&self, log: &SharedLog<L>) {
+    /// Writes through [`Runtime::try_send_now`]; the task, woken after when needed, sends
+    /// what the socket did not take, and returns the error if the write failed.
+    fn write_now(&self, log: &SharedLog<L>) -> bool {
         let result = self.conn.write_directly(&mut self.lock(), log, |slices| {
             R::try_send_now(&self.socket, slices)
         });
-        if let Err(e) = result {
+        result.unwrap_or_else(|e| {
             self.failed
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get_or_insert(e);
-        }
+            true
+        })
     }
 }
 
@@ -213,9 +214,9 @@ async fn master_loop<R: Runtime, L: LogSource>(c: &Connection<R, L>) -> Result<(
             }
             let mut pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
             if pending.is_none() {
-                // Listen, then look again: growth between the two wakes the listener (a
-                // producer that wrote the frame itself wakes it too, after).
-                let listener = log.listen();
+                // Listen, then look again: growth between the two wakes the listener (unless a
+                // producer wrote all of it itself: see `DirectWrite`).
+                let listener = log.listen_as_driver();
                 pending = lp.poll_write(Instant::now(), &*log.read())?.cloned();
                 grew = pending.is_none().then_some(listener);
             }

@@ -18,9 +18,13 @@ const SEGMENT: u64 = MIB;
 /// Generous: the machine is shared, and a hung test should fail, not stall CI.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Frames from 32 KiB (copied) doubling to 256 KiB (from the file).
+/// Frames from 32 KiB (copied) doubling to 256 KiB (from the file). Heartbeats and
+/// housekeeping wait far longer than the test's patience: a driver that misses a wake-up is
+/// not rescued by the next heartbeat's turn, and the test fails instead of taking seconds.
 fn config() -> Config {
     Config::builder()
+        .heartbeat_interval(Duration::from_secs(600))
+        .housekeeping_interval(Duration::from_secs(1200))
         .transfer_batch_size(256 * 1024)
         .first_batch_size(Some(32 * 1024))
         .start_position(StartPosition::OldestRetained)

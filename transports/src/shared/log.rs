@@ -24,6 +24,10 @@ pub struct SharedLog<L> {
 struct LogInner<L> {
     log: RwLock<L>,
     changed: Event,
+    /// Fires with `changed`, except after an append whose frames producers wrote themselves:
+    /// master connection drivers wait on this one, so that such an append does not wake them
+    /// for nothing.
+    drivers: Event,
 }
 
 impl<L> Clone for SharedLog<L> {
@@ -47,6 +51,7 @@ impl<L> SharedLog<L> {
             inner: Arc::new(LogInner {
                 log: RwLock::new(log),
                 changed: Event::new(),
+                drivers: Event::new(),
             }),
         }
     }
@@ -88,8 +93,22 @@ impl<L> SharedLog<L> {
         &self.inner.changed
     }
 
+    /// Like [`listen`](Self::listen), for a master connection's driver: it also misses the
+    /// wake-ups [`notify_all_but_drivers`](Self::notify_all_but_drivers) leaves out.
+    pub(crate) fn listen_as_driver(&self) -> EventListener {
+        self.inner.drivers.listen()
+    }
+
     /// Wakes every waiter without changing the log.
     pub(crate) fn notify(&self) {
+        self.inner.changed.notify(usize::MAX);
+        self.inner.drivers.notify(usize::MAX);
+    }
+
+    /// Wakes every waiter but the master connections' drivers: after an append whose frames
+    /// producers wrote themselves, or that a driver busy with a frame will see when it looks
+    /// next (see `DirectWrite`).
+    pub(crate) fn notify_all_but_drivers(&self) {
         self.inner.changed.notify(usize::MAX);
     }
 

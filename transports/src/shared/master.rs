@@ -147,8 +147,11 @@ type DirectEntry<L> = (ConnectionId, Weak<dyn DirectWrite<L>>);
 /// part is finished by the writer, which the producer wakes after.
 pub(crate) trait DirectWrite<L>: Send + Sync {
     /// Writes the connection's next frame now if nobody is writing it and the socket takes it
-    /// without blocking; otherwise does nothing (the writer, woken next, sends it).
-    fn write_now(&self, log: &SharedLog<L>);
+    /// without blocking. Returns whether the driver must be woken: `false` when nothing is
+    /// left for it (the frame went out whole, there was none, or the driver is in the middle
+    /// of a frame and looks at the log again after it); `true` when it must send what this
+    /// did not.
+    fn write_now(&self, log: &SharedLog<L>) -> bool;
 }
 
 /// A connection's loop as its driver and producers share it (behind the driver's mutex).
@@ -543,14 +546,22 @@ impl<L: LogSink> MasterHandle<L> {
     /// writes the new frame itself before waking anyone (see [`DirectWrite`]).
     pub fn append(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
         let end = self.inner.log.append_quietly(data);
+        let mut wake_drivers = end.is_err();
         if end.is_ok() {
             for (_, direct) in lock(&self.inner.direct).iter() {
+                // A connection going away is woken by its own end.
                 if let Some(direct) = direct.upgrade() {
-                    direct.write_now(&self.inner.log);
+                    wake_drivers |= direct.write_now(&self.inner.log);
                 }
             }
         }
-        self.inner.log.notify();
+        // Drivers that listen with `listen_as_driver` registered here; any other waiter hears
+        // every append.
+        if wake_drivers {
+            self.inner.log.notify();
+        } else {
+            self.inner.log.notify_all_but_drivers();
+        }
         end
     }
 
@@ -708,32 +719,34 @@ impl<L> ConnectionGuard<L> {
     /// A producer's write (see [`DirectWrite`]): the loop's next frame, if the driver is not
     /// writing one and it is copied, not sent from its file (`sendfile` cannot be asked not
     /// to block), goes out through `try_send`, which must not block (`WouldBlock` leaves the
-    /// frame to the driver). An error closes the connection.
+    /// frame to the driver). Returns whether the driver must be woken to send the rest (see
+    /// [`DirectWrite::write_now`]); an error closes the connection.
     pub(crate) fn write_directly(
         &self,
         shared: &mut SharedLoop,
         log: &SharedLog<L>,
         try_send: impl FnOnce(&[std::io::IoSlice<'_>]) -> std::io::Result<usize>,
-    ) -> Result<(), Error>
+    ) -> Result<bool, Error>
     where
         L: LogSource,
     {
         if shared.writing {
-            return Ok(());
+            return Ok(false);
         }
         let SharedLoop { lp, rate_seen, .. } = shared;
         self.apply_rate_limit(lp, rate_seen);
         let Some(transmit) = lp.poll_write(Instant::now(), &*log.read())? else {
-            return Ok(());
+            return Ok(false);
         };
         let Step::Copy(slices, n) = frame_write::next_step(transmit, true) else {
-            return Ok(());
+            return Ok(true);
         };
         match try_send(&slices[..n]) {
             Ok(written) => {
                 lp.handle_written(Instant::now(), written)?;
                 self.forward(lp);
-                Ok(())
+                // Part of it, or the log holds more than one frame.
+                Ok(lp.poll_write(Instant::now(), &*log.read())?.is_some())
             }
             Err(e)
                 if matches!(
@@ -741,7 +754,7 @@ impl<L> ConnectionGuard<L> {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
                 ) =>
             {
-                Ok(())
+                Ok(true)
             }
             Err(e) => Err(e.into()),
         }
@@ -813,5 +826,106 @@ impl<L> Drop for ConnectionGuard<L> {
             });
         }
         self.master.inner.changed.notify(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, IoSlice};
+
+    use bytes::Buf;
+    use rocketmq_ha::wire::encode_report;
+    use rocketmq_ha::{MemoryLog, StartPosition};
+
+    use super::*;
+
+    /// A connection whose slave asked for everything from offset 0 of a log holding `len`
+    /// bytes (frames of at most 128 KiB).
+    fn connection(
+        len: usize,
+    ) -> (
+        MasterHandle<MemoryLog>,
+        ConnectionGuard<MemoryLog>,
+        SharedLoop,
+    ) {
+        let config = Config::builder()
+            .transfer_batch_size(128 * 1024)
+            .start_position(StartPosition::OldestRetained)
+            .build()
+            .unwrap();
+        let mut log = MemoryLog::new(1 << 30);
+        if len > 0 {
+            log.push(vec![7u8; len]);
+        }
+        let master = MasterHandle::new(log, config);
+        let Accepted::Serve(guard) = master.register_accepted("127.0.0.1:1".parse().unwrap())
+        else {
+            panic!("not admitted");
+        };
+        let mut shared = SharedLoop::new(guard.machine());
+        shared
+            .lp
+            .handle_read(Instant::now(), &encode_report(0), &*master.log().read())
+            .unwrap();
+        (master, guard, shared)
+    }
+
+    fn total(slices: &[IoSlice<'_>]) -> usize {
+        slices.iter().map(|s| s.len()).sum()
+    }
+
+    /// Whether the driver is woken after a producer's write: only when something is left for
+    /// it. A missed wake-up would leave a frame unsent until the next deadline.
+    #[test]
+    fn the_driver_is_woken_only_when_a_producer_leaves_it_something() {
+        // Nothing to send: no wake-up, no write.
+        let (master, guard, mut shared) = connection(0);
+        let woken = guard.write_directly(&mut shared, master.log(), |_| panic!("wrote nothing"));
+        assert!(!woken.unwrap());
+
+        // One small frame, taken whole: nothing left.
+        let (master, guard, mut shared) = connection(1000);
+        let woken = guard.write_directly(&mut shared, master.log(), |s| Ok(total(s)));
+        assert!(!woken.unwrap());
+        assert!(!shared.lp.connection().is_transmitting());
+
+        // Taken in part, or not at all: the driver sends the rest.
+        let (master, guard, mut shared) = connection(1000);
+        let woken = guard.write_directly(&mut shared, master.log(), |s| Ok(total(s) - 1));
+        assert!(woken.unwrap());
+        assert_eq!(
+            shared
+                .lp
+                .poll_write(Instant::now(), &*master.log().read())
+                .unwrap()
+                .unwrap()
+                .remaining(),
+            1
+        );
+        for kind in [io::ErrorKind::WouldBlock, io::ErrorKind::Interrupted] {
+            let (master, guard, mut shared) = connection(1000);
+            let woken = guard.write_directly(&mut shared, master.log(), |_| Err(kind.into()));
+            assert!(woken.unwrap());
+        }
+
+        // A whole frame, and more in the log than it held: the driver sends the next.
+        let (master, guard, mut shared) = connection(128 * 1024 + 1);
+        let woken = guard.write_directly(&mut shared, master.log(), |s| Ok(total(s)));
+        assert!(woken.unwrap());
+
+        // The driver is mid-frame: the producer keeps off, and the driver looks again after.
+        let (master, guard, mut shared) = connection(1000);
+        shared.writing = true;
+        let woken = guard.write_directly(&mut shared, master.log(), |_| {
+            panic!("wrote beside the driver")
+        });
+        assert!(!woken.unwrap());
+
+        // A broken socket closes the connection.
+        let (master, guard, mut shared) = connection(1000);
+        let broken = guard.write_directly(&mut shared, master.log(), |_| {
+            Err(io::ErrorKind::BrokenPipe.into())
+        });
+        assert!(broken.is_err());
     }
 }
