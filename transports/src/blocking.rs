@@ -141,7 +141,8 @@ fn serve_connection<L: LogSource + Send + Sync + 'static>(
                 s.spawn(|| c.finish(writer(c)));
                 c.finish(reader(c));
             });
-            // No producer holds the connection after this: its guard is dropped here.
+            // No producer writes to the connection after this (one that still holds it drops
+            // it, and with it the guard, in a moment).
             c.conn.stop_direct_writes();
         }
         Err(e) => conn.fail(e.into()),

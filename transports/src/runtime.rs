@@ -175,7 +175,9 @@ where
     if let Err(e) = master_loop::<R, L>(&connection).await {
         connection.conn.fail(e);
     }
-    // No producer holds the connection after this: its guard is dropped here.
+    // No producer writes to the connection after this (one that still holds it drops it, and
+    // with it the guard, in a moment). A cancelled task does not get here: the guard's drop
+    // stops the direct writes then.
     connection.conn.stop_direct_writes();
 }
 

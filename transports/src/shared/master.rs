@@ -547,14 +547,19 @@ impl<L: LogSink> MasterHandle<L> {
     pub fn append(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
         let end = self.inner.log.append_quietly(data);
         let mut wake_drivers = end.is_err();
+        // Dropped after the registry's lock: the last holder of a connection whose task was
+        // cancelled meanwhile drops its guard, which takes that lock.
+        let mut held = Vec::new();
         if end.is_ok() {
-            for (_, direct) in lock(&self.inner.direct).iter() {
-                // A connection going away is woken by its own end.
-                if let Some(direct) = direct.upgrade() {
-                    wake_drivers |= direct.write_now(&self.inner.log);
-                }
+            let direct = lock(&self.inner.direct);
+            held.reserve(direct.len());
+            // A connection going away is woken by its own end.
+            for connection in direct.iter().filter_map(|(_, d)| d.upgrade()) {
+                wake_drivers |= connection.write_now(&self.inner.log);
+                held.push(connection);
             }
         }
+        drop(held);
         // Drivers that listen with `listen_as_driver` registered here; any other waiter hears
         // every append.
         if wake_drivers {
@@ -766,7 +771,8 @@ impl<L> ConnectionGuard<L> {
         lock(&self.master.inner.direct).push((self.id, direct));
     }
 
-    /// Producers no longer write this connection's frames; returns once none is writing.
+    /// Producers no longer write this connection's frames; returns once none is writing (one
+    /// may still hold the connection for a moment, and drop it last).
     pub(crate) fn stop_direct_writes(&self) {
         lock(&self.master.inner.direct).retain(|(id, _)| *id != self.id);
     }
