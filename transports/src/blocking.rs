@@ -241,7 +241,8 @@ fn writer<L: LogSource>(c: &Connection<L>) -> Result<(), Error> {
         if let Some(mut transmit) = transmit {
             while transmit.has_remaining() {
                 // A std `TcpStream` is plain TCP: the body may go from its file.
-                let wrote = match frame_write::next_step(&transmit, true) {
+                let from_files = conn.master().send_from_files();
+                let wrote = match frame_write::next_step(&transmit, from_files) {
                     Step::Copy(slices, n) => stream.write_vectored(&slices[..n]),
                     Step::File(step) => step.run(stream),
                 };

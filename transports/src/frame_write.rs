@@ -2,8 +2,10 @@
 //! memory (`writev` of header and body) and sending the body from its segment file
 //! (`sendfile`, which spares the master the copy into the socket buffer).
 //!
-//! Sending from a file needs a plain TCP socket, a [`FileRegion`](rocketmq_ha::FileRegion)
-//! from the log (whose handle is a [`File`]) and a body large enough that a second system call
+//! Sending from a file needs the master's consent (off by default: on loopback it cost the
+//! slave more than it saved the master), a plain TCP socket, a
+//! [`FileRegion`](rocketmq_ha::FileRegion) from the log (whose handle is a [`File`]) and a
+//! body large enough that a second system call
 //! costs less than the copy it saves. Whatever the way, the caller reports the bytes written to
 //! the loop (`handle_written`), so partial writes go on from where they stopped, in either way.
 
@@ -44,10 +46,13 @@ pub(crate) enum FileStep<'a> {
     },
 }
 
-/// The next step for `transmit`; `plain_tcp` says whether the socket can take `sendfile`
-/// (TLS, for one, cannot).
-pub(crate) fn next_step(transmit: &Transmit, plain_tcp: bool) -> Step<'_> {
-    let from_file = plain_tcp && transmit.body().len() >= SENDFILE_MIN;
+/// The next step for `transmit`; `from_files` says whether to send bodies from their files
+/// at all: the master allows it ([`MasterHandle::set_send_from_files`]) and the socket can
+/// take `sendfile` (plain TCP; TLS, for one, cannot).
+///
+/// [`MasterHandle::set_send_from_files`]: crate::MasterHandle::set_send_from_files
+pub(crate) fn next_step(transmit: &Transmit, from_files: bool) -> Step<'_> {
+    let from_file = from_files && transmit.body().len() >= SENDFILE_MIN;
     if let Some((region, position)) = transmit.body_file().filter(|_| from_file) {
         if let Some(file) = region.file().downcast_ref::<File>() {
             if transmit.header_written() {

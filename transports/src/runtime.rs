@@ -71,10 +71,14 @@ pub(crate) trait Runtime {
     }
 }
 
-/// Writes once from the rest of `transmit`, copying it or sending its body from its file, as
-/// [`frame_write::next_step`] says for this socket.
-async fn write_frame<R: Runtime>(socket: &R::Socket, transmit: &Transmit) -> io::Result<usize> {
-    match frame_write::next_step(transmit, R::plain_tcp(socket)) {
+/// Writes once from the rest of `transmit`, copying it or sending its body from its file
+/// (when `from_files` and the socket allow), as [`frame_write::next_step`] says.
+async fn write_frame<R: Runtime>(
+    socket: &R::Socket,
+    transmit: &Transmit,
+    from_files: bool,
+) -> io::Result<usize> {
+    match frame_write::next_step(transmit, from_files && R::plain_tcp(socket)) {
         Step::Copy(slices, n) => R::write_vectored(socket, &slices[..n]).await,
         Step::File(step) => R::write_file_step(socket, step).await,
     }
@@ -240,7 +244,10 @@ async fn master_loop<R: Runtime, L: LogSource>(c: &Connection<R, L>) -> Result<(
         }
         .or(async {
             match &pending {
-                Some(transmit) => Wake::Wrote(write_frame::<R>(socket, transmit).await),
+                Some(transmit) => {
+                    let from_files = conn.master().send_from_files();
+                    Wake::Wrote(write_frame::<R>(socket, transmit, from_files).await)
+                }
                 None => std::future::pending().await,
             }
         })

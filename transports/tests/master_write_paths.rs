@@ -55,6 +55,7 @@ impl Pair {
             log.append_at_end(&pattern(0, len)).unwrap();
         }
         let master = MasterHandle::new(log, config());
+        master.set_send_from_files(true);
         let server = transport.spawn_master(loopback(), master.clone()).unwrap();
         let proxy = FaultProxy::start(server.local_addr().unwrap());
         proxy.trickle(Dir::ToSlave, chunk, Duration::from_micros(200));

@@ -108,6 +108,10 @@ pub struct BenchArgs {
     /// cost, against a run without this flag.
     #[arg(long)]
     records: bool,
+    /// Let the throughput test's master send frame bodies of 64 KiB or more from its segment
+    /// files (`sendfile`), as `MasterHandle::set_send_from_files` does; off by default.
+    #[arg(long)]
+    sendfile: bool,
     /// Messages per size in the sync-latency test.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     messages: usize,
@@ -323,7 +327,15 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
                 } else {
                     config
                 };
-                let sample = replicate(transport, config, reader, total, &dir.0, slot)?;
+                let sample = replicate(
+                    transport,
+                    config,
+                    reader,
+                    total,
+                    &dir.0,
+                    slot,
+                    args.sendfile,
+                )?;
                 note(format_args!(
                     "  {transport}, batch {}: {:.0} MB/s, first byte {:.0} us after connecting",
                     Human(sample.batch),

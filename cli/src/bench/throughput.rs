@@ -40,6 +40,7 @@ pub(super) fn replicate(
     total: u64,
     dir: &Path,
     slot: usize,
+    sendfile: bool,
 ) -> Result<Throughput, Failure> {
     let what = format!("replication over {transport}");
     let prefix = Prefix {
@@ -47,6 +48,7 @@ pub(super) fn replicate(
         end: source.min_offset() + total,
     };
     let master = MasterHandle::new(prefix.clone(), config);
+    master.set_send_from_files(sendfile);
     let server = transport
         .spawn_master(loopback_addr(), master.clone())
         .context("starting the master")?;

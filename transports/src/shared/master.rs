@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,9 @@ struct MasterInner<L> {
     rate_generation: AtomicU64,
     /// Connections whose frames a producer may write itself, by id (see [`DirectWrite`]).
     direct: Mutex<Vec<DirectEntry<L>>>,
+    /// Whether drivers send large bodies from their files (see
+    /// [`MasterHandle::set_send_from_files`]).
+    send_from_files: AtomicBool,
 }
 
 /// A connection producers may write to, by id (held weakly: the driver owns it).
@@ -247,6 +250,7 @@ impl<L> MasterHandle<L> {
                 stop: Stop::default(),
                 rate_generation: AtomicU64::new(0),
                 direct: Mutex::new(Vec::new()),
+                send_from_files: AtomicBool::new(false),
             }),
         }
     }
@@ -414,6 +418,24 @@ impl<L> MasterHandle<L> {
         drop(state);
         // Idle connection loops wait on the log; wake them to take the new limit.
         self.inner.log.notify();
+    }
+
+    /// Makes drivers send frame bodies of 64 KiB or more from the log's files (`sendfile`), on
+    /// plain TCP sockets, when the log says where they lie ([`LogSource::file_region`], which
+    /// `FileLog` answers); off by default, and applied from each connection's next frame.
+    ///
+    /// It spares the master its copy into the socket, but on loopback the slave's copy out of
+    /// the page-cache pages cost more than the master saved (issue 13 in the README: the
+    /// slave's CPU per GiB rose by about a third), so it is for links to other machines, where
+    /// it is yet to be measured.
+    pub fn set_send_from_files(&self, on: bool) {
+        self.inner.send_from_files.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether drivers send large bodies from the log's files (see
+    /// [`set_send_from_files`](Self::set_send_from_files)).
+    pub fn send_from_files(&self) -> bool {
+        self.inner.send_from_files.load(Ordering::Relaxed)
     }
 
     /// The flow-control setting in force.
