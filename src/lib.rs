@@ -129,7 +129,7 @@ pub use client::{ClientEvent, HaClient, REJECTIONS_TO_REPORT};
 pub use config::{Config, ConfigBuilder, StartPosition};
 pub use connection_state::ConnectionState;
 pub use error::{ClientError, ConfigError, LogError, MasterError, SyncError, WireError};
-pub use log::{segment_start, LogSink, LogSource, LogTruncate, MemoryLog};
+pub use log::{segment_start, FileRegion, LogSink, LogSource, LogTruncate, MemoryLog};
 pub use master::{MasterConnection, MasterEvent, Transmit};
 pub use master_loop::MasterLoop;
 pub use service::{ConnectionId, MasterService, SyncCompletion, Ticket};

@@ -5,7 +5,9 @@
 //! `mappedFileSizeCommitLog` bytes); segment *k* covers `[k·F, (k+1)·F)` (§0.3). Replication never
 //! lets a frame cross a segment boundary (§3.3), so reads here never do either.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +31,53 @@ pub trait LogSource {
     /// one byte whenever `offset < max_offset()`. Returns an empty buffer at `max_offset()`,
     /// [`LogError::BelowRetained`] below `min_offset()` and [`LogError::AboveMax`] above the end.
     fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError>;
+
+    /// Where the `len` bytes at `offset` (as [`read`](Self::read) just returned them) lie in a
+    /// file, if they do: a hint that lets a driver send a body from the file (`sendfile`)
+    /// instead of copying it from memory. `None` (the default) means: send what `read`
+    /// returned. A log that answers must answer for exactly those bytes.
+    fn file_region(&self, offset: u64, len: usize) -> Option<FileRegion> {
+        let _ = (offset, len);
+        None
+    }
+}
+
+/// Where a frame's body lies in a file: a handle the log and the driver agree on, and the
+/// position of the body's first byte in it (see [`LogSource::file_region`]).
+///
+/// The core never looks inside the handle; it only carries it from the log to the driver with
+/// the frame, so the handle keeps the file open while the frame is written. A driver that does
+/// not know the handle's type (or whose socket cannot send from files, e.g. TLS) writes the
+/// frame's bytes as usual.
+#[derive(Clone)]
+pub struct FileRegion {
+    file: Arc<dyn Any + Send + Sync>,
+    position: u64,
+}
+
+impl FileRegion {
+    /// The bytes at `position` in `file`.
+    pub fn new(file: Arc<dyn Any + Send + Sync>, position: u64) -> Self {
+        FileRegion { file, position }
+    }
+
+    /// The file handle, for the driver to downcast to the type its log uses.
+    pub fn file(&self) -> &(dyn Any + Send + Sync) {
+        &*self.file
+    }
+
+    /// The position of the body's first byte in the file.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+}
+
+impl fmt::Debug for FileRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRegion")
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the slave appends to; the slave's log must stay a byte-exact prefix of the master's.
@@ -69,6 +118,9 @@ impl<T: LogSource + ?Sized> LogSource for &T {
     fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
         (**self).read(offset, max_len)
     }
+    fn file_region(&self, offset: u64, len: usize) -> Option<FileRegion> {
+        (**self).file_region(offset, len)
+    }
 }
 
 impl<T: LogSource + ?Sized> LogSource for Arc<T> {
@@ -83,6 +135,9 @@ impl<T: LogSource + ?Sized> LogSource for Arc<T> {
     }
     fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
         (**self).read(offset, max_len)
+    }
+    fn file_region(&self, offset: u64, len: usize) -> Option<FileRegion> {
+        (**self).file_region(offset, len)
     }
 }
 

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use crate::config::{Config, StartPosition};
 use crate::error::MasterError;
 use crate::flow::Budget;
-use crate::log::{segment_start, LogSource};
+use crate::log::{segment_start, FileRegion, LogSource};
 use crate::timer::{Clock, Timer, TimerTable};
 use crate::wire::{ReportDecoder, TransferHeader, TRANSFER_HEADER_LEN};
 
@@ -45,6 +45,8 @@ pub struct Transmit {
     encoded: [u8; TRANSFER_HEADER_LEN],
     header_written: usize,
     body: Bytes,
+    /// Where the body lies in a file, if the log said (see [`LogSource::file_region`]).
+    region: Option<FileRegion>,
 }
 
 impl Transmit {
@@ -54,6 +56,7 @@ impl Transmit {
             header,
             header_written: 0,
             body,
+            region: None,
         }
     }
 
@@ -70,6 +73,26 @@ impl Transmit {
     /// The unwritten part of the body.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// Whether the header is written and the body is not: what is left can be sent from
+    /// [`body_file`](Self::body_file) instead of [`body`](Self::body).
+    pub fn header_written(&self) -> bool {
+        self.header_written == TRANSFER_HEADER_LEN
+    }
+
+    /// Where the unwritten part of the body lies in a file, when the log gave a
+    /// [`FileRegion`]: the file, and the position of the first unwritten byte (the length is
+    /// [`body`](Self::body)'s). A driver may send those bytes from the file instead of from
+    /// `body`; either way it reports what was written with [`Buf::advance`] (or
+    /// [`MasterLoop::handle_written`](crate::MasterLoop::handle_written)).
+    pub fn body_file(&self) -> Option<(&FileRegion, u64)> {
+        let region = self.region.as_ref()?;
+        if self.body.is_empty() {
+            return None;
+        }
+        let sent = u64::from(self.header.body_len) - self.body.len() as u64;
+        Some((region, region.position() + sent))
     }
 }
 
@@ -523,7 +546,9 @@ impl MasterConnection {
                 .frame_limit
                 .saturating_mul(2)
                 .min(self.config.transfer_batch_size());
-            return Ok(Some(self.hand_out(now, Transmit::new(header, body))));
+            let mut transmit = Transmit::new(header, body);
+            transmit.region = log.file_region(header.offset, transmit.body.len());
+            return Ok(Some(self.hand_out(now, transmit)));
         }
         self.flow_ready = None;
         self.heartbeat_if_due(now, next)
@@ -963,6 +988,70 @@ mod tests {
         let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
         assert_eq!(t.chunks_vectored(&mut slices), 1);
         assert_eq!(slices[0].len(), 17);
+    }
+
+    /// A log whose bytes "lie in a file" at twice their offset, to see the hint carried.
+    struct Mapped(MemoryLog);
+
+    impl LogSource for Mapped {
+        fn min_offset(&self) -> u64 {
+            self.0.min_offset()
+        }
+        fn max_offset(&self) -> u64 {
+            self.0.max_offset()
+        }
+        fn segment_size(&self) -> u64 {
+            self.0.segment_size()
+        }
+        fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
+            self.0.read(offset, max_len)
+        }
+        fn file_region(&self, offset: u64, len: usize) -> Option<FileRegion> {
+            assert!(len > 0, "asked for the region of an empty body");
+            Some(FileRegion::new(std::sync::Arc::new("segment"), 2 * offset))
+        }
+    }
+
+    #[test]
+    fn a_body_from_a_file_region_tracks_what_was_written() {
+        let t0 = Instant::now();
+        let log = Mapped(log_with(300));
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(40), &log).unwrap();
+        let mut t = c.poll_transmit(t0, &log).unwrap().unwrap();
+        assert_eq!((t.header().offset, t.header().body_len), (40, 100));
+        let (region, at) = t.body_file().unwrap();
+        assert_eq!((region.position(), at), (80, 80));
+        assert_eq!(region.file().downcast_ref::<&str>(), Some(&"segment"));
+        assert!(!t.header_written());
+        // Part of the header: the body has not moved.
+        t.advance(7);
+        assert_eq!(t.body_file().unwrap().1, 80);
+        assert!(!t.header_written());
+        // The rest of the header and 30 body bytes: the unwritten body starts 30 further.
+        t.advance(5 + 30);
+        assert!(t.header_written());
+        assert_eq!(t.body_file().unwrap().1, 110);
+        assert_eq!(t.body().len(), 70);
+        t.advance(70);
+        assert!(t.body_file().is_none(), "nothing left to send");
+        // A heartbeat has no body, so no region.
+        c.on_transmitted(t0).unwrap();
+        let beat = t0 + Config::default().heartbeat_interval() * 2;
+        let log = Mapped(log_with(140));
+        let t = c.poll_transmit(beat, &log).unwrap().unwrap();
+        assert!(t.is_heartbeat());
+        assert!(t.body_file().is_none());
+    }
+
+    #[test]
+    fn a_plain_log_gives_no_file_region() {
+        let t0 = Instant::now();
+        let log = log_with(30);
+        let mut c = MasterConnection::new(config(), t0);
+        c.handle_input(t0, &encode_report(0), &log).unwrap();
+        let t = c.poll_transmit(t0, &log).unwrap().unwrap();
+        assert!(t.body_file().is_none());
     }
 
     #[test]

@@ -186,6 +186,11 @@ struct MasterArgs {
     /// With --rate-limit: one limit for all slaves together, split evenly among them.
     #[arg(long, requires = "rate_limit")]
     rate_limit_shared: bool,
+    /// Send frame bodies of 64 KiB or more from the segment files (`sendfile`, plain TCP):
+    /// spares the master its copy into the socket. Off by default: on loopback the slave paid
+    /// more than the master saved (see the README's Performance section).
+    #[arg(long)]
+    sendfile: bool,
     /// Make --append-rate's appends synchronous, like SYNC_MASTER puts: each waits for the
     /// slaves --sync-policy asks for (by default one) for up to 3 s (slaveTimeout) and counts
     /// as failed otherwise.
@@ -543,6 +548,7 @@ fn master(mut args: MasterArgs, given: &Given<'_>) -> Result<(), Failure> {
     };
     master.set_admission(args.access.admission());
     args.tls.apply(&master, transport)?;
+    master.set_send_from_files(args.sendfile);
     if let Some(rate) = args.rate_limit {
         let rate = std::num::NonZeroU64::new(rate.0.max(rocketmq_ha::flow::MIN_RATE))
             .unwrap_or(std::num::NonZeroU64::MIN);

@@ -4,7 +4,10 @@
 //! * [`serve`] runs a master on the calling thread: an accept loop plus, per connection, a reader
 //!   thread (reports in, timeouts) and a writer thread (frames out, sleeping on log growth), the
 //!   two sharing the connection's machine behind a mutex — Java's `HAConnection` split, because
-//!   a blocked `write` must not stop acks from being read.
+//!   a blocked `write` must not stop acks from being read. A producer appending through
+//!   [`MasterHandle::append`] writes the new frame itself when the writer is idle and the
+//!   socket takes it at once, sparing the writer's wake-up on a sync put; the writer sends
+//!   large bodies from their segment files (`sendfile`) when the log says where they lie.
 //! * [`run_slave`] runs a slave on the calling thread.
 //!
 //! Both return once their handle is shut down; shutdown closes the sockets, which is what wakes
@@ -13,7 +16,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,9 +26,11 @@ use rocketmq_ha::{LogSink, LogSource};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
-use crate::runtime::io_slices;
-use crate::shared::{read_timeout, Accepted, ConnectionGuard, MasterProtocol, SlaveDriver};
-use crate::{Error, MasterHandle, SlaveHandle};
+use crate::frame_write::{self, Step};
+use crate::shared::{
+    read_timeout, Accepted, ConnectionGuard, DirectWrite, SharedLoop, SlaveDriver,
+};
+use crate::{Error, MasterHandle, SharedLog, SlaveHandle};
 
 /// Serves slaves on `listener` until `master` is shut down, one pair of threads per connection;
 /// returns after every connection thread has finished. A master with TLS is refused
@@ -67,56 +72,99 @@ where
     Ok(())
 }
 
-fn serve_connection<L: LogSource + Send + Sync>(conn: ConnectionGuard<L>, stream: TcpStream) {
-    let stop = conn.master().stop();
+/// One accepted connection, shared by its reader and writer threads and, through
+/// [`DirectWrite`], by producers appending to the log.
+struct Connection<L> {
+    conn: ConnectionGuard<L>,
+    machine: Mutex<SharedLoop>,
+    stream: TcpStream,
+    /// Set when either thread ends: the other stops too.
+    done: AtomicBool,
+}
+
+impl<L: LogSource> Connection<L> {
+    /// Locks the connection's loop (a panicking peer thread leaves it consistent: every method
+    /// call is atomic under the lock).
+    fn lock(&self) -> std::sync::MutexGuard<'_, SharedLoop> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Ends the connection: records the error, and makes the other side end too: the reader
+    /// through the closed socket, the writer through the flag and a wake-up.
+    fn finish(&self, result: Result<(), Error>) {
+        if let Err(e) = result {
+            self.conn.fail(e);
+        }
+        self.done.store(true, Ordering::SeqCst);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.conn.master().log().notify();
+    }
+}
+
+impl<L: LogSource + Send + Sync> DirectWrite<L> for Connection<L> {
+    /// Writes with one non-blocking `sendmsg` ([`frame_write::send_now`]); the writer
+    /// thread, woken after, sends what the socket did not take.
+    fn write_now(&self, log: &SharedLog<L>) -> bool {
+        if self.done.load(Ordering::SeqCst) {
+            return false;
+        }
+        let result = self.conn.write_directly(&mut self.lock(), log, |slices| {
+            frame_write::send_now(&self.stream, slices)
+        });
+        match result {
+            Ok(wake) => wake,
+            Err(e) => {
+                self.finish(Err(e));
+                false
+            }
+        }
+    }
+}
+
+fn serve_connection<L: LogSource + Send + Sync + 'static>(
+    conn: ConnectionGuard<L>,
+    stream: TcpStream,
+) {
+    let master = conn.master().clone();
+    let stop = master.stop();
     let Ok(key) = stop.register(&stream) else {
         return;
     };
     match crate::shared::tune_master_socket(&stream) {
         Ok(()) => {
-            let machine = Mutex::new(conn.machine());
-            let done = AtomicBool::new(false);
-            let finish = |result: Result<(), Error>| {
-                if let Err(e) = result {
-                    conn.fail(e);
-                }
-                // Whichever side ends first ends the other: the reader through the closed
-                // socket, the writer through the flag and a wake-up.
-                done.store(true, Ordering::SeqCst);
-                let _ = stream.shutdown(Shutdown::Both);
-                conn.master().log().notify();
-            };
-            thread::scope(|s| {
-                s.spawn(|| finish(writer(&conn, &machine, &stream, &done)));
-                finish(reader(&conn, &machine, &stream, &done));
+            let connection = Arc::new(Connection {
+                machine: Mutex::new(SharedLoop::new(conn.machine())),
+                conn,
+                stream,
+                done: AtomicBool::new(false),
             });
+            let c = &*connection;
+            let direct: Weak<Connection<L>> = Arc::downgrade(&connection);
+            c.conn.allow_direct_writes(direct);
+            thread::scope(|s| {
+                s.spawn(|| c.finish(writer(c)));
+                c.finish(reader(c));
+            });
+            // No producer writes to the connection after this (one that still holds it drops
+            // it, and with it the guard, in a moment).
+            c.conn.stop_direct_writes();
         }
         Err(e) => conn.fail(e.into()),
     }
     stop.unregister(key);
 }
 
-/// Locks the connection's loop (a panicking peer thread leaves it consistent: every method
-/// call is atomic under the lock).
-fn lock(machine: &Mutex<MasterProtocol>) -> std::sync::MutexGuard<'_, MasterProtocol> {
-    machine.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The reading side: reports in, deadlines (including the writer's stall limit: closing the
 /// socket is what frees a writer blocked in `write`), events to the service.
-fn reader<L: LogSource>(
-    conn: &ConnectionGuard<L>,
-    machine: &Mutex<MasterProtocol>,
-    mut stream: &TcpStream,
-    done: &AtomicBool,
-) -> Result<(), Error> {
+fn reader<L: LogSource>(c: &Connection<L>) -> Result<(), Error> {
+    let (conn, mut stream) = (&c.conn, &c.stream);
     let log = conn.master().log();
     let mut reports = [0u8; 1024];
-    while !done.load(Ordering::SeqCst) {
+    while !c.done.load(Ordering::SeqCst) {
         let deadline = {
             // Deadlines first, every turn: a slave that floods reports keeps `read` from ever
             // timing out.
-            let mut m = lock(machine);
+            let m = &mut c.lock().lp;
             let now = Instant::now();
             if m.poll_timeout().is_some_and(|d| d <= now) {
                 m.handle_timeout(now)?;
@@ -125,13 +173,14 @@ fn reader<L: LogSource>(
         };
         stream.set_read_timeout(read_timeout(deadline))?;
         let read = stream.read(&mut reports);
-        let mut m = lock(machine);
+        let mut guard = c.lock();
+        let m = &mut guard.lp;
         match read {
             Ok(0) => return Ok(()),
             Ok(n) => {
                 let stage = m.stage();
                 m.handle_read(Instant::now(), &reports[..n], &*log.read())?;
-                conn.forward(&mut m);
+                conn.forward(m);
                 // The handshake and the first report are the only inputs that give the writer
                 // work.
                 if m.stage() > stage {
@@ -155,32 +204,33 @@ fn reader<L: LogSource>(
 
 /// The writing side: one frame at a time, each write reported to the loop, then sleep on log
 /// growth until the loop's next deadline.
-fn writer<L: LogSource>(
-    conn: &ConnectionGuard<L>,
-    machine: &Mutex<MasterProtocol>,
-    mut stream: &TcpStream,
-    done: &AtomicBool,
-) -> Result<(), Error> {
+fn writer<L: LogSource>(c: &Connection<L>) -> Result<(), Error> {
+    let (conn, mut stream) = (&c.conn, &c.stream);
     let log = conn.master().log();
     // The frame is cloned out of the loop (a reference count, not the bytes) so the lock is
-    // not held while the socket blocks.
-    let mut rate_seen = None;
-    let mut poll = || -> Result<_, Error> {
-        let mut m = lock(machine);
-        conn.apply_rate_limit(&mut m, &mut rate_seen);
-        let transmit = m.poll_write(Instant::now(), &*log.read())?;
-        Ok((transmit, m.poll_timeout()))
+    // not held while the socket blocks; `writing` keeps producers off it meanwhile.
+    let poll = || -> Result<_, Error> {
+        let mut m = c.lock();
+        let SharedLoop {
+            lp,
+            writing,
+            rate_seen,
+        } = &mut *m;
+        conn.apply_rate_limit(lp, rate_seen);
+        let transmit = lp.poll_write(Instant::now(), &*log.read())?;
+        *writing = transmit.is_some();
+        Ok((transmit, lp.poll_timeout()))
     };
-    while !done.load(Ordering::SeqCst) && !conn.master().is_shut_down() {
+    while !c.done.load(Ordering::SeqCst) && !conn.master().is_shut_down() {
         let mut transmit = poll()?.0;
         if transmit.is_none() {
             // Listen, then look again: growth between the two wakes the listener.
-            let listener = log.listen();
+            let listener = log.listen_as_driver();
             // The reader sets `done` before its wake-up: seen here, or the listener hears it.
             // Without this, a writer that woke at the same deadline as the reader closed the
             // machine (the first report's, housekeeping) could miss the wake-up and wait for
             // ever, the connection never unregistered.
-            if done.load(Ordering::SeqCst) {
+            if c.done.load(Ordering::SeqCst) {
                 break;
             }
             let deadline;
@@ -195,14 +245,20 @@ fn writer<L: LogSource>(
         }
         if let Some(mut transmit) = transmit {
             while transmit.has_remaining() {
-                let (slices, n) = io_slices(&transmit);
-                match stream.write_vectored(&slices[..n]) {
+                // A std `TcpStream` is plain TCP: the body may go from its file.
+                let from_files = conn.master().send_from_files();
+                let wrote = match frame_write::next_step(&transmit, from_files) {
+                    Step::Copy(slices, n) => stream.write_vectored(&slices[..n]),
+                    Step::File(step) => step.run(stream),
+                };
+                match wrote {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                     Ok(written) => {
                         transmit.advance(written);
-                        let mut m = lock(machine);
-                        m.handle_written(Instant::now(), written)?;
-                        conn.forward(&mut m);
+                        let mut m = c.lock();
+                        m.writing = transmit.has_remaining();
+                        m.lp.handle_written(Instant::now(), written)?;
+                        conn.forward(&mut m.lp);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e.into()),

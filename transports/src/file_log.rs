@@ -161,11 +161,11 @@ use std::io::{self, IoSlice};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use rocketmq_ha::{segment_start, LogError, LogSink, LogSource};
+use rocketmq_ha::{segment_start, FileRegion, LogError, LogSink, LogSource};
 
 use checkpoint::{current_boot_id, sync_dir, Checkpoint};
 use flush::{flush_warranted, Schedule};
@@ -205,6 +205,20 @@ struct View {
 struct Shared {
     segment_size: u64,
     view: RwLock<View>,
+    /// The store's `commitlog/` directory, to open segment files for [`LogSource::file_region`].
+    commitlog: PathBuf,
+    /// The file behind the last [`LogSource::file_region`] answer.
+    region_file: Mutex<Option<RegionFile>>,
+}
+
+/// The segment file last named in a [`LogSource::file_region`] answer, kept open for the next
+/// frames (one open per segment, not per frame).
+struct RegionFile {
+    start: u64,
+    /// The segment's mapping when the file was opened: while this clone lives, no other mapping
+    /// can take its address, so an equal address in the view means the same segment file.
+    map: Bytes,
+    file: Arc<File>,
 }
 
 impl Shared {
@@ -248,6 +262,42 @@ impl Shared {
             // [min, max) is always covered by mapped segments; reaching this is a bug.
             None => Err(FileLogError::MissingSegment { offset }),
         }
+    }
+
+    /// The segment file and the position in it of `len` bytes at `offset`: the bytes of a
+    /// segment file at `p` are the log's at the segment's start plus `p`, in both store
+    /// formats. `None` when the range is not wholly inside one segment below the max offset,
+    /// or the file cannot be opened (the driver then sends the mapped bytes).
+    ///
+    /// Under the view's lock the file at the segment's path is the one mapped in the view:
+    /// writers unlink a file before they take its mapping out of the view, and map a new file
+    /// before they put it in (a file just unlinked fails to open: `None`).
+    fn file_region(&self, offset: u64, len: usize) -> Option<FileRegion> {
+        let start = segment_start(offset, self.segment_size);
+        let end = offset.checked_add(len as u64)?;
+        let view = self.view();
+        if len == 0 || offset < view.min || end > view.max || end > start + self.segment_size {
+            return None;
+        }
+        let map = view.segments.get(&start)?;
+        let mut cached = self
+            .region_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let file = match &*cached {
+            Some(c) if c.start == start && c.map.as_ptr() == map.as_ptr() => Arc::clone(&c.file),
+            _ => {
+                let file =
+                    Arc::new(File::open(self.commitlog.join(segment_file_name(start))).ok()?);
+                *cached = Some(RegionFile {
+                    start,
+                    map: map.clone(),
+                    file: Arc::clone(&file),
+                });
+                file
+            }
+        };
+        Some(FileRegion::new(file, offset - start))
     }
 }
 
@@ -684,7 +734,7 @@ impl FileLog {
             walk: r.walk,
             tail_dirty: r.tail_dirty,
             root: r.root.to_path_buf(),
-            commitlog: r.commitlog,
+            commitlog: r.commitlog.clone(),
             segment_size: r.segment_size,
             min,
             max,
@@ -695,6 +745,8 @@ impl FileLog {
                     max,
                     segments: r.segments,
                 }),
+                commitlog: r.commitlog,
+                region_file: Mutex::new(None),
             }),
             tail: None,
             data_synced: max,
@@ -1298,6 +1350,10 @@ impl LogSource for FileLog {
     fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
         Ok(self.shared.read(offset, max_len)?)
     }
+
+    fn file_region(&self, offset: u64, len: usize) -> Option<FileRegion> {
+        self.shared.file_region(offset, len)
+    }
 }
 
 impl LogSink for FileLog {
@@ -1385,6 +1441,10 @@ impl LogSource for FileLogReader {
 
     fn read(&self, offset: u64, max_len: usize) -> Result<Bytes, LogError> {
         Ok(self.shared.read(offset, max_len)?)
+    }
+
+    fn file_region(&self, offset: u64, len: usize) -> Option<FileRegion> {
+        self.shared.file_region(offset, len)
     }
 }
 

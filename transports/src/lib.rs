@@ -76,6 +76,7 @@ mod broker;
 pub mod epoch_file;
 mod error;
 pub mod file_log;
+mod frame_write;
 mod observe;
 mod runtime;
 mod shared;

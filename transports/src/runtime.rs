@@ -5,13 +5,17 @@ use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
-use bytes::Buf;
 use futures_lite::FutureExt;
 use rocketmq_ha::{LogSink, LogSource};
 
-use crate::shared::{maybe, resolve_on_thread, ConnectionGuard, SlaveDriver, SlaveHandle};
+use crate::frame_write::{self, FileStep, Step};
+use crate::shared::{
+    maybe, resolve_on_thread, ConnectionGuard, DirectWrite, Frame, SharedLog, SharedLoop,
+    SlaveDriver, SlaveHandle,
+};
 use crate::stream::Dialer;
 use crate::Error;
 
@@ -43,13 +47,46 @@ pub(crate) trait Runtime {
 
     /// Completes at `deadline`.
     fn sleep_until(deadline: Instant) -> impl Future<Output = ()> + Send;
+
+    /// Whether `socket` is plain TCP, so that a frame's body may go from its file
+    /// ([`frame_write`]; TLS, for one, cannot). The default says no: frames are copied.
+    fn plain_tcp(socket: &Self::Socket) -> bool {
+        let _ = socket;
+        false
+    }
+
+    /// Writes `bufs` now from any thread, without waiting and without blocking: a producer
+    /// writing a frame itself (see `DirectWrite`). The default says `WouldBlock`, which
+    /// leaves every frame to the connection's task (a TLS session cannot be written from
+    /// beside its task).
+    fn try_send_now(socket: &Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let _ = (socket, bufs);
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Does `step` once when the socket is writable (only asked when
+    /// [`plain_tcp`](Self::plain_tcp) said yes). Dropping the future before it completes
+    /// sends nothing.
+    fn write_file_step<'a>(
+        socket: &'a Self::Socket,
+        step: FileStep<'a>,
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        let _ = (socket, step);
+        async { Err(io::ErrorKind::Unsupported.into()) }
+    }
 }
 
-/// Header and body of `transmit` as the slices of one vectored write.
-pub(crate) fn io_slices(transmit: &impl Buf) -> ([IoSlice<'_>; 2], usize) {
-    let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
-    let n = transmit.chunks_vectored(&mut slices);
-    (slices, n)
+/// Writes once from the rest of `transmit`, copying it or sending its body from its file
+/// (when `from_files` and the socket allow), as [`frame_write::next_step`] says.
+async fn write_frame<R: Runtime>(
+    socket: &R::Socket,
+    transmit: &Frame,
+    from_files: bool,
+) -> io::Result<usize> {
+    match frame_write::next_step(transmit, from_files && R::plain_tcp(socket)) {
+        Step::Copy(slices, n) => R::write_vectored(socket, &slices[..n]).await,
+        Step::File(step) => R::write_file_step(socket, step).await,
+    }
 }
 
 /// A timer kept across run-loop iterations: the deadline it rings at, and its sleep.
@@ -96,46 +133,109 @@ enum Wake {
     Deadline,
 }
 
-/// Drives one accepted slave connection until it closes; the guard records why.
-pub(crate) async fn serve_connection<R: Runtime, L: LogSource>(
+/// One accepted connection, shared by its task and, through [`DirectWrite`], by producers
+/// appending to the log.
+struct Connection<R: Runtime, L> {
     conn: ConnectionGuard<L>,
     socket: R::Socket,
-) {
-    if let Err(e) = master_loop::<R, L>(&conn, &socket).await {
-        conn.fail(e);
+    machine: Mutex<SharedLoop>,
+    /// Why a producer's write closed the connection, for the task to return.
+    failed: Mutex<Option<Error>>,
+}
+
+impl<R: Runtime, L> Connection<R, L> {
+    fn lock(&self) -> MutexGuard<'_, SharedLoop> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-async fn master_loop<R: Runtime, L: LogSource>(
-    conn: &ConnectionGuard<L>,
-    socket: &R::Socket,
-) -> Result<(), Error> {
+impl<R: Runtime, L: LogSource + Send + Sync> DirectWrite<L> for Connection<R, L> {
+    /// Writes through [`Runtime::try_send_now`]; the task, woken after when needed, sends
+    /// what the socket did not take, and returns the error if the write failed.
+    fn write_now(&self, log: &SharedLog<L>) -> bool {
+        let result = self.conn.write_directly(&mut self.lock(), log, |slices| {
+            R::try_send_now(&self.socket, slices)
+        });
+        result.unwrap_or_else(|e| {
+            self.failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(e);
+            true
+        })
+    }
+}
+
+/// Drives one accepted slave connection until it closes; the guard records why.
+pub(crate) async fn serve_connection<R, L>(conn: ConnectionGuard<L>, socket: R::Socket)
+where
+    R: Runtime + 'static,
+    R::Socket: 'static,
+    L: LogSource + Send + Sync + 'static,
+{
+    let connection = Arc::new(Connection::<R, L> {
+        machine: Mutex::new(SharedLoop::new(conn.machine())),
+        conn,
+        socket,
+        failed: Mutex::new(None),
+    });
+    let direct: Weak<Connection<R, L>> = Arc::downgrade(&connection);
+    connection.conn.allow_direct_writes(direct);
+    if let Err(e) = master_loop::<R, L>(&connection).await {
+        connection.conn.fail(e);
+    }
+    // No producer writes to the connection after this (one that still holds it drops it, and
+    // with it the guard, in a moment). A cancelled task does not get here: the guard's drop
+    // stops the direct writes then.
+    connection.conn.stop_direct_writes();
+}
+
+async fn master_loop<R: Runtime, L: LogSource>(c: &Connection<R, L>) -> Result<(), Error> {
+    let (conn, socket) = (&c.conn, &c.socket);
     let log = conn.master().log();
-    let mut lp = conn.machine();
     // The read of reports outlives loop iterations: a new one per iteration would try the
     // socket (async-io reads eagerly) and re-arm its interest at every frame written.
     let mut reading = std::pin::pin!(None);
     let mut spare: Option<Reports> = Some(Box::new([0; 1024]));
     let mut alarm = None;
-    let mut rate_seen = None;
     loop {
-        conn.apply_rate_limit(&mut lp, &mut rate_seen);
-        // Deadlines are handled on every turn, not only when the alarm wins the race: a slave
-        // that floods reports (always readable) must not hold off housekeeping or the
-        // write-stall limit.
-        let now = Instant::now();
-        if lp.poll_timeout().is_some_and(|d| d <= now) {
-            lp.handle_timeout(now)?;
+        if let Some(e) = c
+            .failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            return Err(e);
         }
         let mut grew = None;
-        let mut pending = lp.poll_write(Instant::now(), &*log.read())?;
-        if pending.is_none() {
-            // Listen, then look again: growth between the two wakes the listener.
-            let listener = log.listen();
-            pending = lp.poll_write(Instant::now(), &*log.read())?;
-            grew = pending.is_none().then_some(listener);
-        }
-        rearm(&mut alarm, lp.poll_timeout(), R::sleep_until);
+        let pending = {
+            let mut m = c.lock();
+            let SharedLoop {
+                lp,
+                writing,
+                rate_seen,
+            } = &mut *m;
+            conn.apply_rate_limit(lp, rate_seen);
+            // Deadlines are handled on every turn, not only when the alarm wins the race: a
+            // slave that floods reports (always readable) must not hold off housekeeping or
+            // the write-stall limit.
+            let now = Instant::now();
+            if lp.poll_timeout().is_some_and(|d| d <= now) {
+                lp.handle_timeout(now)?;
+            }
+            let mut pending = lp.poll_write(Instant::now(), &*log.read())?;
+            if pending.is_none() {
+                // Listen, then look again: growth between the two wakes the listener (unless a
+                // producer wrote all of it itself: see `DirectWrite`).
+                let listener = log.listen_as_driver();
+                pending = lp.poll_write(Instant::now(), &*log.read())?;
+                grew = pending.is_none().then_some(listener);
+            }
+            // Until the race below is over, its write may be under way: producers keep off.
+            *writing = pending.is_some();
+            rearm(&mut alarm, lp.poll_timeout(), R::sleep_until);
+            pending
+        };
         if reading.is_none() {
             let reports = spare.take().unwrap_or_else(|| Box::new([0; 1024]));
             reading.set(Some(read_reports::<R>(socket, reports)));
@@ -148,11 +248,13 @@ async fn master_loop<R: Runtime, L: LogSource>(
             }
         }
         .or(async {
-            let (slices, n) = match &pending {
-                Some(transmit) => io_slices(transmit),
+            match &pending {
+                Some(transmit) => {
+                    let from_files = conn.master().send_from_files();
+                    Wake::Wrote(write_frame::<R>(socket, transmit, from_files).await)
+                }
                 None => std::future::pending().await,
-            };
-            Wake::Wrote(R::write_vectored(socket, &slices[..n]).await)
+            }
         })
         .or(async {
             maybe(grew).await;
@@ -167,6 +269,9 @@ async fn master_loop<R: Runtime, L: LogSource>(
         if matches!(wake, Wake::Read(_)) {
             reading.set(None);
         }
+        let mut m = c.lock();
+        m.writing = false;
+        let lp = &mut m.lp;
         match wake {
             Wake::Read((_, Ok(0))) => return Ok(()),
             Wake::Read((reports, Ok(n))) => {
@@ -183,7 +288,7 @@ async fn master_loop<R: Runtime, L: LogSource>(
                 lp.handle_timeout(now)?
             }
         }
-        conn.forward(&mut lp);
+        conn.forward(lp);
     }
 }
 

@@ -19,6 +19,7 @@ use async_io::{Async, Timer};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
 
+use crate::frame_write::{self, FileStep};
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
 use crate::stream::{Dialer, Io, Stream};
@@ -76,6 +77,29 @@ impl Runtime for Smol {
 
     async fn sleep_until(deadline: Instant) {
         Timer::at(deadline).await;
+    }
+
+    fn plain_tcp(socket: &Self::Socket) -> bool {
+        socket.as_plain().is_some()
+    }
+
+    fn try_send_now(socket: &Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // The socket is non-blocking; a `WouldBlock` here leaves async-io's interest as it was.
+        // A TLS stream's bytes go through its task.
+        match socket.as_plain() {
+            Some(tcp) => frame_write::send_now(tcp, bufs),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    async fn write_file_step(socket: &Self::Socket, step: FileStep<'_>) -> io::Result<usize> {
+        match socket.as_plain() {
+            Some(tcp) => tcp.write_with(|s| step.run(s)).await,
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "sendfile on a TLS stream",
+            )),
+        }
     }
 }
 

@@ -91,6 +91,17 @@ impl<S: Io> Stream<S> {
         })
     }
 
+    /// The TCP socket of a plain stream, for writes that bypass the stream (a producer's
+    /// direct send, `sendfile`); `None` for TLS, whose bytes must go through rustls. Reads
+    /// must not bypass it: the first read checks for a TLS peer.
+    pub(crate) fn as_plain(&self) -> Option<&S> {
+        match self {
+            Stream::Plain(plain) => Some(&plain.io),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => None,
+        }
+    }
+
     /// Reads once into `buf`; `Ok(0)` is EOF. Dropping the future before it completes reads
     /// nothing.
     pub(crate) async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {

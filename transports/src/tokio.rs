@@ -13,9 +13,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rocketmq_ha::{AckPolicy, ConnectionState, LogSink, LogSource, SyncError};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+use crate::frame_write::{self, FileStep};
 use crate::runtime::{self, Runtime};
 use crate::shared::Accepted;
 use crate::stream::{Dialer, Io, Stream};
@@ -86,6 +88,35 @@ impl Runtime for Tokio {
 
     async fn sleep_until(deadline: Instant) {
         tokio::time::sleep_until(deadline.into()).await;
+    }
+
+    fn plain_tcp(socket: &Self::Socket) -> bool {
+        socket.as_plain().is_some()
+    }
+
+    fn try_send_now(socket: &Self::Socket, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // Through `try_io`, so a full socket clears tokio's readiness as its own writes would.
+        // A TLS stream's bytes go through its task.
+        match socket.as_plain() {
+            Some(tcp) => tcp.try_io(Interest::WRITABLE, || frame_write::send_now(tcp, bufs)),
+            None => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    async fn write_file_step(socket: &Self::Socket, step: FileStep<'_>) -> io::Result<usize> {
+        let Some(tcp) = socket.as_plain() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "sendfile on a TLS stream",
+            ));
+        };
+        loop {
+            tcp.writable().await?;
+            match tcp.try_io(Interest::WRITABLE, || step.run(tcp)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return result,
+            }
+        }
     }
 }
 

@@ -112,6 +112,10 @@ pub struct BenchArgs {
     /// AutoSwitch (master broker 1 at epoch 1, slave broker 2).
     #[arg(long, value_enum, default_value_t)]
     protocol: crate::protocol::ProtocolArg,
+    /// Let the throughput test's master send frame bodies of 64 KiB or more from its segment
+    /// files (`sendfile`), as `MasterHandle::set_send_from_files` does; off by default.
+    #[arg(long)]
+    sendfile: bool,
     /// Messages per size in the sync-latency test.
     #[arg(long, value_name = "N", default_value_t = 5000)]
     messages: usize,
@@ -335,6 +339,7 @@ pub fn bench(args: BenchArgs) -> Result<(), Failure> {
                     total,
                     &dir.0,
                     slot,
+                    args.sendfile,
                 )?;
                 note(format_args!(
                     "  {transport}, batch {}: {:.0} MB/s, first byte {:.0} us after connecting",
@@ -530,6 +535,10 @@ impl LogSource for Prefix {
         }
         let room = usize::try_from(max - offset).unwrap_or(usize::MAX);
         self.log.read(offset, max_len.min(room))
+    }
+
+    fn file_region(&self, offset: u64, len: usize) -> Option<rocketmq_ha::FileRegion> {
+        self.log.file_region(offset, len)
     }
 }
 

@@ -46,6 +46,7 @@ pub(super) fn replicate(
     total: u64,
     dir: &Path,
     slot: usize,
+    sendfile: bool,
 ) -> Result<Throughput, Failure> {
     let what = format!("replication over {transport}");
     let prefix = Prefix {
@@ -63,6 +64,7 @@ pub(super) fn replicate(
                 .context("taking the master role")?
         }
     };
+    master.set_send_from_files(sendfile);
     let server = transport
         .spawn_master(loopback_addr(), master.clone())
         .context("starting the master")?;

@@ -24,6 +24,10 @@ pub struct SharedLog<L> {
 struct LogInner<L> {
     log: RwLock<L>,
     changed: Event,
+    /// Fires with `changed`, except after an append whose frames producers wrote themselves:
+    /// master connection drivers wait on this one, so that such an append does not wake them
+    /// for nothing.
+    drivers: Event,
 }
 
 impl<L> Clone for SharedLog<L> {
@@ -47,6 +51,7 @@ impl<L> SharedLog<L> {
             inner: Arc::new(LogInner {
                 log: RwLock::new(log),
                 changed: Event::new(),
+                drivers: Event::new(),
             }),
         }
     }
@@ -61,16 +66,20 @@ impl<L> SharedLog<L> {
 
     /// Runs `f` with write access, then wakes everyone waiting for growth.
     pub fn update<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
-        let result = {
-            let mut log = self
-                .inner
-                .log
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            f(&mut log)
-        };
+        let result = self.update_quietly(f);
         self.notify();
         result
+    }
+
+    /// Runs `f` with write access and wakes no one: the caller calls [`notify`](Self::notify)
+    /// when it is done (a master's producer first writes frames itself).
+    pub(crate) fn update_quietly<R>(&self, f: impl FnOnce(&mut L) -> R) -> R {
+        let mut log = self
+            .inner
+            .log
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut log)
     }
 
     /// A listener that fires at the next [`update`](Self::update) (or other wake-up). Create it
@@ -84,8 +93,22 @@ impl<L> SharedLog<L> {
         &self.inner.changed
     }
 
+    /// Like [`listen`](Self::listen), for a master connection's driver: it also misses the
+    /// wake-ups [`notify_all_but_drivers`](Self::notify_all_but_drivers) leaves out.
+    pub(crate) fn listen_as_driver(&self) -> EventListener {
+        self.inner.drivers.listen()
+    }
+
     /// Wakes every waiter without changing the log.
     pub(crate) fn notify(&self) {
+        self.inner.changed.notify(usize::MAX);
+        self.inner.drivers.notify(usize::MAX);
+    }
+
+    /// Wakes every waiter but the master connections' drivers: after an append whose frames
+    /// producers wrote themselves, or that a driver busy with a frame will see when it looks
+    /// next (see `DirectWrite`).
+    pub(crate) fn notify_all_but_drivers(&self) {
         self.inner.changed.notify(usize::MAX);
     }
 
@@ -114,8 +137,15 @@ impl<L: LogSink> SharedLog<L> {
     /// Appends `data` at the end of the log (the producer's path on a master) and wakes the
     /// connection drivers; returns the new max offset.
     pub fn append(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
+        let end = self.append_quietly(data);
+        self.notify();
+        end
+    }
+
+    /// [`append`](Self::append) without the wake-up (see [`update_quietly`](Self::update_quietly)).
+    pub(crate) fn append_quietly(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
         let data = data.into();
-        self.update(|log| {
+        self.update_quietly(|log| {
             let end = log.max_offset();
             log.append(end, data)
         })

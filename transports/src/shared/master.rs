@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use tracing::Span;
 
 use super::master_protocol::{AutoSwitchMaster, AutoSwitchState, MasterProtocol, SharedAutoSwitch};
 use super::{block_until, lock, maybe, until, SharedLog, Stop, HISTORY};
+use crate::frame_write::{self, Step};
 use crate::observe::{CloseReason, TrafficCell};
 use crate::stream::Acceptor;
 use crate::Error;
@@ -144,6 +145,51 @@ struct MasterInner<L> {
     rate_generation: AtomicU64,
     /// `Some` for an AutoSwitch master: the epochs it serves and its sync-state set.
     autoswitch: Option<SharedAutoSwitch>,
+    /// Connections whose frames a producer may write itself, by id (see [`DirectWrite`]).
+    direct: Mutex<Vec<DirectEntry<L>>>,
+    /// Whether drivers send large bodies from their files (see
+    /// [`MasterHandle::set_send_from_files`]).
+    send_from_files: AtomicBool,
+}
+
+/// A connection producers may write to, by id (held weakly: the driver owns it).
+type DirectEntry<L> = (ConnectionId, Weak<dyn DirectWrite<L>>);
+
+/// A connection whose next frame the producer that appended it may write on its own thread,
+/// sparing the wake-up of the connection's writer (a sync put then waits for three wake-ups
+/// in turn, not four: slave, master reader, producer).
+///
+/// The driver keeps the exclusion: the producer writes only when the connection's own writer
+/// is not in the middle of a frame, without blocking, and a frame the socket takes only in
+/// part is finished by the writer, which the producer wakes after.
+pub(crate) trait DirectWrite<L>: Send + Sync {
+    /// Writes the connection's next frame now if nobody is writing it and the socket takes it
+    /// without blocking. Returns whether the driver must be woken: `false` when nothing is
+    /// left for it (the frame went out whole, there was none, or the driver is in the middle
+    /// of a frame and looks at the log again after it); `true` when it must send what this
+    /// did not.
+    fn write_now(&self, log: &SharedLog<L>) -> bool;
+}
+
+/// A connection's loop as its driver and producers share it (behind the driver's mutex).
+pub(crate) struct SharedLoop {
+    pub(crate) lp: MasterProtocol,
+    /// The driver is writing a frame (or may be, in an async race) outside the lock: nobody
+    /// else may write now.
+    pub(crate) writing: bool,
+    /// The rate-limit generation the loop last took (see
+    /// [`ConnectionGuard::apply_rate_limit`]).
+    pub(crate) rate_seen: Option<u64>,
+}
+
+impl SharedLoop {
+    pub(crate) fn new(lp: MasterProtocol) -> Self {
+        SharedLoop {
+            lp,
+            writing: false,
+            rate_seen: None,
+        }
+    }
 }
 
 struct MasterState {
@@ -223,6 +269,8 @@ impl<L> MasterHandle<L> {
                 acceptor: Mutex::default(),
                 rate_generation: AtomicU64::new(0),
                 autoswitch: autoswitch.map(|state| Arc::new(Mutex::new(state))),
+                direct: Mutex::new(Vec::new()),
+                send_from_files: AtomicBool::new(false),
             }),
         }
     }
@@ -418,6 +466,24 @@ impl<L> MasterHandle<L> {
         self.inner.log.notify();
     }
 
+    /// Makes drivers send frame bodies of 64 KiB or more from the log's files (`sendfile`), on
+    /// plain TCP sockets, when the log says where they lie ([`LogSource::file_region`], which
+    /// `FileLog` answers); off by default, and applied from each connection's next frame.
+    ///
+    /// It spares the master its copy into the socket, but on loopback the slave's copy out of
+    /// the page-cache pages cost more than the master saved (issue 13 in the README: the
+    /// slave's CPU per GiB rose by about a third), so it is for links to other machines, where
+    /// it is yet to be measured.
+    pub fn set_send_from_files(&self, on: bool) {
+        self.inner.send_from_files.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether drivers send large bodies from the log's files (see
+    /// [`set_send_from_files`](Self::set_send_from_files)).
+    pub fn send_from_files(&self) -> bool {
+        self.inner.send_from_files.load(Ordering::Relaxed)
+    }
+
     /// The flow-control setting in force.
     pub fn rate_limit(&self) -> Option<RateLimit> {
         lock(&self.inner.state).rate_limit
@@ -595,8 +661,33 @@ impl<L: LogSource> MasterHandle<L> {
 impl<L: LogSink> MasterHandle<L> {
     /// Appends `data` at the end of the log and wakes the connection drivers; returns the new
     /// max offset.
+    ///
+    /// On connections whose driver allows it (the blocking one) and that are idle, this thread
+    /// writes the new frame itself before waking anyone (see [`DirectWrite`]).
     pub fn append(&self, data: impl Into<Bytes>) -> Result<u64, LogError> {
-        self.inner.log.append(data)
+        let end = self.inner.log.append_quietly(data);
+        let mut wake_drivers = end.is_err();
+        // Dropped after the registry's lock: the last holder of a connection whose task was
+        // cancelled meanwhile drops its guard, which takes that lock.
+        let mut held = Vec::new();
+        if end.is_ok() {
+            let direct = lock(&self.inner.direct);
+            held.reserve(direct.len());
+            // A connection going away is woken by its own end.
+            for connection in direct.iter().filter_map(|(_, d)| d.upgrade()) {
+                wake_drivers |= connection.write_now(&self.inner.log);
+                held.push(connection);
+            }
+        }
+        drop(held);
+        // Drivers that listen with `listen_as_driver` registered here; any other waiter hears
+        // every append.
+        if wake_drivers {
+            self.inner.log.notify();
+        } else {
+            self.inner.log.notify_all_but_drivers();
+        }
+        end
     }
 
     /// Appends `data`, then blocks until `acks` slaves acknowledged it or `timeout` passed:
@@ -838,6 +929,62 @@ impl<L> ConnectionGuard<L> {
         }
     }
 
+    /// A producer's write (see [`DirectWrite`]): the loop's next frame, if the driver is not
+    /// writing one and it is copied, not sent from its file (`sendfile` cannot be asked not
+    /// to block), goes out through `try_send`, which must not block (`WouldBlock` leaves the
+    /// frame to the driver). Returns whether the driver must be woken to send the rest (see
+    /// [`DirectWrite::write_now`]); an error closes the connection.
+    pub(crate) fn write_directly(
+        &self,
+        shared: &mut SharedLoop,
+        log: &SharedLog<L>,
+        try_send: impl FnOnce(&[std::io::IoSlice<'_>]) -> std::io::Result<usize>,
+    ) -> Result<bool, Error>
+    where
+        L: LogSource,
+    {
+        if shared.writing {
+            return Ok(false);
+        }
+        let SharedLoop { lp, rate_seen, .. } = shared;
+        self.apply_rate_limit(lp, rate_seen);
+        let Some(transmit) = lp.poll_write(Instant::now(), &*log.read())? else {
+            return Ok(false);
+        };
+        let Step::Copy(slices, n) = frame_write::next_step(&transmit, true) else {
+            return Ok(true);
+        };
+        match try_send(&slices[..n]) {
+            Ok(written) => {
+                lp.handle_written(Instant::now(), written)?;
+                self.forward(lp);
+                // Part of it, or the log holds more than one frame.
+                Ok(lp.poll_write(Instant::now(), &*log.read())?.is_some())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Lets producers write this connection's frames through `direct` until
+    /// [`stop_direct_writes`](Self::stop_direct_writes) (or the guard's drop).
+    pub(crate) fn allow_direct_writes(&self, direct: Weak<dyn DirectWrite<L>>) {
+        lock(&self.master.inner.direct).push((self.id, direct));
+    }
+
+    /// Producers no longer write this connection's frames; returns once none is writing (one
+    /// may still hold the connection for a moment, and drop it last).
+    pub(crate) fn stop_direct_writes(&self) {
+        lock(&self.master.inner.direct).retain(|(id, _)| *id != self.id);
+    }
+
     /// Records why the connection is closing; the first reason wins.
     pub(crate) fn fail(&self, error: Error) {
         lock(&self.error).get_or_insert(error);
@@ -872,6 +1019,7 @@ impl<L> Drop for ConnectionGuard<L> {
         if let (Some(shared), Some(id)) = (&self.master.inner.autoswitch, *lock(&self.broker_id)) {
             lock(shared).handle_disconnected(Instant::now(), id);
         }
+        self.stop_direct_writes();
         {
             let mut state = lock(&self.master.inner.state);
             state.service.remove(self.id, Instant::now());
@@ -895,5 +1043,106 @@ impl<L> Drop for ConnectionGuard<L> {
             });
         }
         self.master.inner.changed.notify(usize::MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{self, IoSlice};
+
+    use bytes::Buf;
+    use rocketmq_ha::wire::encode_report;
+    use rocketmq_ha::{MemoryLog, StartPosition};
+
+    use super::*;
+
+    /// A connection whose slave asked for everything from offset 0 of a log holding `len`
+    /// bytes (frames of at most 128 KiB).
+    fn connection(
+        len: usize,
+    ) -> (
+        MasterHandle<MemoryLog>,
+        ConnectionGuard<MemoryLog>,
+        SharedLoop,
+    ) {
+        let config = Config::builder()
+            .transfer_batch_size(128 * 1024)
+            .start_position(StartPosition::OldestRetained)
+            .build()
+            .unwrap();
+        let mut log = MemoryLog::new(1 << 30);
+        if len > 0 {
+            log.push(vec![7u8; len]);
+        }
+        let master = MasterHandle::new(log, config);
+        let Accepted::Serve(guard) = master.register_accepted("127.0.0.1:1".parse().unwrap())
+        else {
+            panic!("not admitted");
+        };
+        let mut shared = SharedLoop::new(guard.machine());
+        shared
+            .lp
+            .handle_read(Instant::now(), &encode_report(0), &*master.log().read())
+            .unwrap();
+        (master, guard, shared)
+    }
+
+    fn total(slices: &[IoSlice<'_>]) -> usize {
+        slices.iter().map(|s| s.len()).sum()
+    }
+
+    /// Whether the driver is woken after a producer's write: only when something is left for
+    /// it. A missed wake-up would leave a frame unsent until the next deadline.
+    #[test]
+    fn the_driver_is_woken_only_when_a_producer_leaves_it_something() {
+        // Nothing to send: no wake-up, no write.
+        let (master, guard, mut shared) = connection(0);
+        let woken = guard.write_directly(&mut shared, master.log(), |_| panic!("wrote nothing"));
+        assert!(!woken.unwrap());
+
+        // One small frame, taken whole: nothing left.
+        let (master, guard, mut shared) = connection(1000);
+        let woken = guard.write_directly(&mut shared, master.log(), |s| Ok(total(s)));
+        assert!(!woken.unwrap());
+        assert!(!shared.lp.is_transmitting());
+
+        // Taken in part, or not at all: the driver sends the rest.
+        let (master, guard, mut shared) = connection(1000);
+        let woken = guard.write_directly(&mut shared, master.log(), |s| Ok(total(s) - 1));
+        assert!(woken.unwrap());
+        assert_eq!(
+            shared
+                .lp
+                .poll_write(Instant::now(), &*master.log().read())
+                .unwrap()
+                .unwrap()
+                .remaining(),
+            1
+        );
+        for kind in [io::ErrorKind::WouldBlock, io::ErrorKind::Interrupted] {
+            let (master, guard, mut shared) = connection(1000);
+            let woken = guard.write_directly(&mut shared, master.log(), |_| Err(kind.into()));
+            assert!(woken.unwrap());
+        }
+
+        // A whole frame, and more in the log than it held: the driver sends the next.
+        let (master, guard, mut shared) = connection(128 * 1024 + 1);
+        let woken = guard.write_directly(&mut shared, master.log(), |s| Ok(total(s)));
+        assert!(woken.unwrap());
+
+        // The driver is mid-frame: the producer keeps off, and the driver looks again after.
+        let (master, guard, mut shared) = connection(1000);
+        shared.writing = true;
+        let woken = guard.write_directly(&mut shared, master.log(), |_| {
+            panic!("wrote beside the driver")
+        });
+        assert!(!woken.unwrap());
+
+        // A broken socket closes the connection.
+        let (master, guard, mut shared) = connection(1000);
+        let broken = guard.write_directly(&mut shared, master.log(), |_| {
+            Err(io::ErrorKind::BrokenPipe.into())
+        });
+        assert!(broken.is_err());
     }
 }

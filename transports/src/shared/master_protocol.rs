@@ -290,6 +290,15 @@ impl MasterProtocol {
         }
     }
 
+    /// Whether a frame is out and not yet all written.
+    #[cfg(test)]
+    pub(crate) fn is_transmitting(&self) -> bool {
+        match self {
+            MasterProtocol::Classic(lp) => lp.connection().is_transmitting(),
+            MasterProtocol::AutoSwitch { lp, .. } => lp.connection().is_transmitting(),
+        }
+    }
+
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         match self {
             MasterProtocol::Classic(lp) => lp.poll_timeout(),

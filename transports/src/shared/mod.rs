@@ -15,10 +15,10 @@ mod stop;
 
 pub(crate) use dial::resolve_on_thread;
 pub use log::SharedLog;
-pub(crate) use master::{Accepted, ConnectionGuard};
+pub(crate) use master::{Accepted, ConnectionGuard, DirectWrite, SharedLoop};
 pub use master::{ClosedConnection, MasterHandle, MasterTotals, RefusedConnection, SlaveInfo};
 pub use master_protocol::AutoSwitchMaster;
-pub(crate) use master_protocol::MasterProtocol;
+pub(crate) use master_protocol::Frame;
 pub(crate) use slave::SlaveDriver;
 pub use slave::{SlaveHandle, SlaveStatus};
 pub use slave_protocol::AutoSwitchSlave;
