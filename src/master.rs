@@ -525,16 +525,13 @@ impl MasterConnection {
             // §3.9: the frame waits until the budget holds half a frame (or all of a smaller
             // one), then carries what the budget allows; never an empty frame.
             if let Some(budget) = self.budget.as_mut() {
-                let header_len = TRANSFER_HEADER_LEN as u64;
-                let frame_len = header_len + body.len() as u64;
-                let threshold = frame_len.min((budget.capacity() / 2).max(header_len + 1));
-                if !budget.allows(threshold, now) {
-                    self.flow_ready = Some(budget.ready_at(threshold));
-                    return self.heartbeat_if_due(now, next);
+                match budget.admit(TRANSFER_HEADER_LEN as u64, body.len() as u64, now) {
+                    Ok(allowed) => body.truncate(allowed as usize),
+                    Err(ready) => {
+                        self.flow_ready = Some(ready);
+                        return self.heartbeat_if_due(now, next);
+                    }
                 }
-                let room = budget.available(now).saturating_sub(header_len);
-                body.truncate(room.min(body.len() as u64) as usize);
-                budget.spend(header_len + body.len() as u64, now);
             }
             self.flow_ready = None;
             let header = TransferHeader {
