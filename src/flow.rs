@@ -113,6 +113,22 @@ impl Budget {
         self.tokens -= i128::from(bytes) * NANOS;
     }
 
+    /// Sets, changes or lifts the rate limit in `slot` at run time (an operator raising it
+    /// while a slave catches up): what a budget had saved up stays; a new one holds
+    /// `capacity` bytes at most.
+    pub(crate) fn update(
+        slot: &mut Option<Budget>,
+        rate: Option<NonZeroU64>,
+        capacity: u64,
+        now: Instant,
+    ) {
+        match (rate, slot.as_mut()) {
+            (None, _) => *slot = None,
+            (Some(rate), Some(budget)) => budget.set_rate(rate, now),
+            (Some(rate), None) => *slot = Some(Budget::new(rate, capacity, now)),
+        }
+    }
+
     /// A frame of a `header_len`-byte header and up to `body_len` bytes of body, as §3.9 lets
     /// it go: once the budget holds half a frame (or all of a smaller one), it carries what the
     /// budget allows (`Ok`: the body bytes, already spent, never 0 for a body); before that,

@@ -448,13 +448,8 @@ impl MasterConnection {
     /// up). What the budget had saved up stays.
     pub fn set_rate_limit(&mut self, now: Instant, rate: Option<std::num::NonZeroU64>) {
         let now = self.clock.advance(now);
-        match (rate, self.budget.as_mut()) {
-            (None, _) => self.budget = None,
-            (Some(rate), Some(budget)) => budget.set_rate(rate, now),
-            (Some(rate), None) => {
-                self.budget = Some(Budget::new(rate, Self::budget_capacity(&self.config), now))
-            }
-        }
+        let capacity = Self::budget_capacity(&self.config);
+        Budget::update(&mut self.budget, rate, capacity, now);
         self.flow_ready = None;
     }
 

@@ -169,6 +169,25 @@ pub fn run(entropy: Entropy) -> Result<Outcome, Failure> {
     run_with(entropy, &Options::default())
 }
 
+/// Runs `run`, a panic inside it (a machine's or the simulator's) becoming a [`Fail`] with
+/// checker `panic`.
+pub(crate) fn caught(run: impl FnOnce() -> Result<(), Fail>) -> Result<(), Fail> {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".into());
+            Err(Fail {
+                checker: "panic",
+                message,
+            })
+        }
+    }
+}
+
 /// Runs one simulation from a seed; a failure carries the seed.
 pub fn run_seed(seed: u64, options: &Options) -> Result<Outcome, Failure> {
     run_with(Entropy::from_seed(seed), options).map_err(|mut f| {
@@ -181,21 +200,8 @@ pub fn run_seed(seed: u64, options: &Options) -> Result<Outcome, Failure> {
 /// [`Failure`] with checker `panic`.
 pub fn run_with(entropy: Entropy, options: &Options) -> Result<Outcome, Failure> {
     let mut sim = Sim::new(entropy, options);
-    let result = catch_unwind(AssertUnwindSafe(|| sim.run()));
-    let fail = match result {
-        Ok(Ok(())) => return Ok(sim.outcome()),
-        Ok(Err(fail)) => fail,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "non-string panic".into());
-            Fail {
-                checker: "panic",
-                message,
-            }
-        }
+    let Err(fail) = caught(|| sim.run()) else {
+        return Ok(sim.outcome());
     };
     Err(Failure {
         seed: None,

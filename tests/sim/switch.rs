@@ -17,13 +17,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use rocketmq_ha::autoswitch::Role;
 use rocketmq_ha::{Config, LogSource};
 
-use super::check::{fail, Check, Fail};
+use super::check::{fail, Check};
 use super::controller::{id_of, Controller, Order, Proposal};
 use super::entropy::Entropy;
 use super::net::{Net, NetConfig, DOWN, UP};
@@ -269,21 +268,8 @@ pub fn run_switch_seed(seed: u64, options: &Options) -> Result<SwitchOutcome, Fa
 /// Runs one switch simulation. A panic becomes a [`Failure`] with checker `panic`.
 pub fn run_switch(entropy: Entropy, options: &Options) -> Result<SwitchOutcome, Failure> {
     let mut sim = SwitchSim::new(entropy, options);
-    let result = catch_unwind(AssertUnwindSafe(|| sim.run()));
-    let fail = match result {
-        Ok(Ok(())) => return Ok(sim.outcome()),
-        Ok(Err(fail)) => fail,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "non-string panic".into());
-            Fail {
-                checker: "panic",
-                message,
-            }
-        }
+    let Err(fail) = super::caught(|| sim.run()) else {
+        return Ok(sim.outcome());
     };
     Err(Failure {
         seed: None,
