@@ -46,4 +46,4 @@ pub use master::{MasterConnection, MasterEvent, Transmit, CAUGHT_UP_REFRESH};
 pub use master_loop::MasterLoop;
 pub use replica::{Replica, Role};
 pub use slave_loop::{DiskOp, SlaveLoop};
-pub use sync_state::{BrokerId, SyncStateSet, MAX_TIME_NOT_CAUGHT_UP};
+pub use sync_state::{BrokerId, SyncStateSet, MAX_TIME_NOT_CAUGHT_UP, SHRINK_PERIOD};

@@ -10,9 +10,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use super::master::MasterEvent;
+
 /// How long a member may go without catching up before [`SyncStateSet::shrink`] proposes
 /// removing it: RocketMQ's default `haMaxTimeSlaveNotCatchup`, 15 s.
 pub const MAX_TIME_NOT_CAUGHT_UP: Duration = Duration::from_secs(15);
+
+/// How often a master runs [`SyncStateSet::shrink`].
+pub const SHRINK_PERIOD: Duration = Duration::from_secs(5);
 
 /// A controller-assigned broker id, as the slave's handshake carries it.
 pub type BrokerId = i64;
@@ -146,6 +151,36 @@ impl SyncStateSet {
         self.applied.insert(self.local);
         self.proposed = None;
         self.recompute(master_max);
+    }
+
+    /// One connection's [`MasterEvent`], routed to [`handle_connected`](Self::handle_connected),
+    /// [`handle_ack`](Self::handle_ack) or [`handle_caught_up`](Self::handle_caught_up);
+    /// `master_max` is the master's log end and `epoch_start` where its current epoch starts.
+    pub fn handle_event(
+        &mut self,
+        now: Instant,
+        event: &MasterEvent,
+        master_max: u64,
+        epoch_start: u64,
+    ) {
+        match *event {
+            MasterEvent::Handshake(hs) => self.handle_connected(hs.broker_id),
+            MasterEvent::Acked {
+                broker_id,
+                offset,
+                learner,
+                last_transfer,
+            } => self.handle_ack(
+                now,
+                broker_id,
+                offset,
+                learner,
+                last_transfer,
+                master_max,
+                epoch_start,
+            ),
+            MasterEvent::CaughtUp { broker_id } => self.handle_caught_up(broker_id, now),
+        }
     }
 
     /// Slave `id` completed its handshake.

@@ -53,7 +53,7 @@ pub use switch::{run_switch, run_switch_seed, SwitchOutcome};
 
 use check::{fail, Check, Fail};
 use history::History;
-use net::{Net, NetConfig, DOWN, UP};
+use net::{Net, NetConfig};
 use node::{tr, Clocks, Ctx, Dial, MasterNode, SlaveNode};
 use scenario::SCHEDULED_FAULTS;
 use trace::Trace;
@@ -611,50 +611,6 @@ impl Sim {
                 }
                 self.schedule(now + d, Action::Resume);
             }
-            Fault::Burst => {
-                if let Some(link) = link {
-                    let pipe = self.entropy.below(2) as usize;
-                    let d = self
-                        .entropy
-                        .log_duration(Duration::from_millis(1), c.housekeeping_interval());
-                    tr!(self, "fault: link {link} pipe {pipe} holds for {d:?}");
-                    self.net.hold(link, pipe, now + d);
-                }
-            }
-            Fault::PartitionOneWay | Fault::PartitionTwoWay => {
-                let slave = self.entropy.below(n as u64) as usize;
-                let d = self.entropy.log_duration(Duration::from_millis(1), long);
-                let pipes: &[usize] = if kind == Fault::PartitionTwoWay {
-                    &[UP, DOWN]
-                } else if self.entropy.chance(500) {
-                    &[DOWN]
-                } else {
-                    &[UP]
-                };
-                tr!(
-                    self,
-                    "fault: partition slave {slave} pipes {pipes:?} for {d:?}"
-                );
-                for &pipe in pipes {
-                    self.net.partition(slave, pipe, now + d);
-                }
-            }
-            Fault::Reset => {
-                if let Some(link) = link {
-                    tr!(self, "fault: reset link {link}");
-                    self.net.reset(link, now, &mut self.entropy);
-                }
-            }
-            Fault::Eof => {
-                if let Some(link) = link {
-                    let pipe = self.entropy.below(2) as usize;
-                    let kept = self.net.inject_eof(link, pipe, now, &mut self.entropy);
-                    tr!(
-                        self,
-                        "fault: EOF on link {link} pipe {pipe} after (kept, in flight) {kept:?}"
-                    );
-                }
-            }
             Fault::SlaveCrash => {
                 let i = self.entropy.below(n as u64) as usize;
                 if !self.slaves[i].crashed {
@@ -739,7 +695,16 @@ impl Sim {
                     *until = (*until).max(now + d);
                 }
             }
-            other => return Err(fail("simulator", format!("{other:?} is not scheduled"))),
+            other => {
+                let hold_max = c.housekeeping_interval();
+                let (e, t) = (&mut self.entropy, &mut self.trace);
+                if !self
+                    .net
+                    .inject_fault(other, link, n as u64, hold_max, long, now, e, t)
+                {
+                    return Err(fail("simulator", format!("{other:?} is not scheduled")));
+                }
+            }
         }
         Ok(())
     }

@@ -16,6 +16,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::entropy::Entropy;
+use super::scenario::Fault;
+use super::trace::Trace;
 
 /// One side of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -198,6 +200,75 @@ pub struct Net {
 }
 
 impl Net {
+    /// Injects the network fault `kind` (a held pipe, a partition, a reset, an EOF), drawn the
+    /// same way in classic and switch runs, on `link` or on one of `nodes`' links; `hold_max`
+    /// bounds how long a pipe holds, `long` a partition. Returns whether `kind` was a network
+    /// fault (others are the caller's).
+    #[allow(clippy::too_many_arguments)] // each is one of the fault's inputs
+    pub fn inject_fault(
+        &mut self,
+        kind: Fault,
+        link: Option<u64>,
+        nodes: u64,
+        hold_max: Duration,
+        long: Duration,
+        now: Duration,
+        entropy: &mut Entropy,
+        trace: &mut Trace,
+    ) -> bool {
+        match kind {
+            Fault::Burst => {
+                if let Some(link) = link {
+                    let pipe = entropy.below(2) as usize;
+                    let d = entropy.log_duration(Duration::from_millis(1), hold_max);
+                    trace.line(
+                        now,
+                        format_args!("fault: link {link} pipe {pipe} holds for {d:?}"),
+                    );
+                    self.hold(link, pipe, now + d);
+                }
+            }
+            Fault::PartitionOneWay | Fault::PartitionTwoWay => {
+                let node = entropy.below(nodes) as usize;
+                let d = entropy.log_duration(Duration::from_millis(1), long);
+                let pipes: &[usize] = if kind == Fault::PartitionTwoWay {
+                    &[UP, DOWN]
+                } else if entropy.chance(500) {
+                    &[DOWN]
+                } else {
+                    &[UP]
+                };
+                trace.line(
+                    now,
+                    format_args!("fault: partition node {node} pipes {pipes:?} for {d:?}"),
+                );
+                for &pipe in pipes {
+                    self.partition(node, pipe, now + d);
+                }
+            }
+            Fault::Reset => {
+                if let Some(link) = link {
+                    trace.line(now, format_args!("fault: reset link {link}"));
+                    self.reset(link, now, entropy);
+                }
+            }
+            Fault::Eof => {
+                if let Some(link) = link {
+                    let pipe = entropy.below(2) as usize;
+                    let kept = self.inject_eof(link, pipe, now, entropy);
+                    trace.line(
+                        now,
+                        format_args!(
+                            "fault: EOF on link {link} pipe {pipe} after (kept, in flight) {kept:?}"
+                        ),
+                    );
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// A network for `slaves` slaves.
     pub fn new(config: NetConfig, slaves: usize) -> Self {
         Net {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rocketmq_ha::autoswitch::{
     consistent_point, BrokerId, ClientError, DiskOp, EpochList, MasterError, MasterEvent,
-    MasterLoop, Replica, Role, SlaveIdentity, SlaveLoop, SyncStateSet,
+    MasterLoop, Replica, Role, SlaveIdentity, SlaveLoop, SyncStateSet, MAX_TIME_NOT_CAUGHT_UP,
 };
 use rocketmq_ha::{Config, LogSink, LogSource, LogTruncate, MemoryLog};
 
@@ -29,10 +29,7 @@ use super::trace::Trace;
 /// More output than this from one input means a machine is stuck producing it.
 const OUTPUT_BOUND: usize = 1_000_000;
 
-/// The sync-state set's periodic check (`checkSyncStateSetPeriod`) and how long a member may
-/// stay behind (`haMaxTimeSlaveNotCatchup`), Java's defaults.
-pub const SHRINK_PERIOD: Duration = Duration::from_secs(5);
-pub const MAX_NOT_CAUGHT_UP: Duration = Duration::from_secs(15);
+pub use rocketmq_ha::autoswitch::SHRINK_PERIOD;
 
 /// The port node `i`'s HA server listens on; a slave finds its master's node from it.
 const BASE_PORT: u16 = 10_912;
@@ -840,7 +837,7 @@ impl ReplicaNode {
             return Ok(());
         };
         if cx.now >= self.next_shrink {
-            sync_state.shrink(now, MAX_NOT_CAUGHT_UP);
+            sync_state.shrink(now, MAX_TIME_NOT_CAUGHT_UP);
             self.next_shrink = cx.now + SHRINK_PERIOD;
         }
         propose(cx, index, *epoch, version, sync_state);
@@ -894,30 +891,13 @@ impl ReplicaNode {
         let conn = self.conns.get_mut(&link).expect("live connection");
         while let Some(event) = conn.lp.poll_event() {
             match event {
-                MasterEvent::Handshake(hs) => {
-                    conn.broker = Some(hs.broker_id);
-                    sync_state.handle_connected(hs.broker_id);
+                MasterEvent::Handshake(hs) => conn.broker = Some(hs.broker_id),
+                MasterEvent::Acked { offset, .. } => {
+                    tr!(cx, "node {} link {link}: ack {offset}", self.index)
                 }
-                MasterEvent::Acked {
-                    broker_id,
-                    offset,
-                    learner,
-                    last_transfer,
-                } => {
-                    tr!(cx, "node {} link {link}: ack {offset}", self.index);
-                    sync_state.handle_ack(
-                        now,
-                        broker_id,
-                        offset,
-                        learner,
-                        last_transfer,
-                        max,
-                        start,
-                    )
-                }
-                MasterEvent::CaughtUp { broker_id } => sync_state.handle_caught_up(broker_id, now),
                 _ => {}
             }
+            sync_state.handle_event(now, &event, max, start);
         }
     }
 

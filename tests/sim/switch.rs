@@ -25,7 +25,7 @@ use rocketmq_ha::{Config, LogSource};
 use super::check::{fail, Check};
 use super::controller::{id_of, Controller, Order, Proposal};
 use super::entropy::Entropy;
-use super::net::{Net, NetConfig, DOWN, UP};
+use super::net::{Net, NetConfig};
 use super::node::{tr, Clocks};
 use super::replica_node::{shared_prefix, Answer, Cx, Dial, ReplicaNode};
 use super::scenario::{goodput, Fault, Faults};
@@ -684,48 +684,6 @@ impl SwitchSim {
             return self.elect(true);
         };
         match kind {
-            Fault::Burst => {
-                if let Some(link) = link {
-                    let pipe = self.entropy.below(2) as usize;
-                    let d = self.entropy.log_duration(
-                        Duration::from_millis(1),
-                        self.p.config.housekeeping_interval(),
-                    );
-                    tr!(self, "fault: link {link} pipe {pipe} holds for {d:?}");
-                    self.net.hold(link, pipe, now + d);
-                }
-            }
-            Fault::PartitionOneWay | Fault::PartitionTwoWay => {
-                let node = self.entropy.below(n) as usize;
-                let d = self.entropy.log_duration(Duration::from_millis(1), long);
-                let pipes: &[usize] = if kind == Fault::PartitionTwoWay {
-                    &[UP, DOWN]
-                } else if self.entropy.chance(500) {
-                    &[DOWN]
-                } else {
-                    &[UP]
-                };
-                tr!(
-                    self,
-                    "fault: partition node {node} pipes {pipes:?} for {d:?}"
-                );
-                for &pipe in pipes {
-                    self.net.partition(node, pipe, now + d);
-                }
-            }
-            Fault::Reset => {
-                if let Some(link) = link {
-                    tr!(self, "fault: reset link {link}");
-                    self.net.reset(link, now, &mut self.entropy);
-                }
-            }
-            Fault::Eof => {
-                if let Some(link) = link {
-                    let pipe = self.entropy.below(2) as usize;
-                    let kept = self.net.inject_eof(link, pipe, now, &mut self.entropy);
-                    tr!(self, "fault: EOF on link {link} pipe {pipe} after {kept:?}");
-                }
-            }
             Fault::SlaveCrash => {
                 let i = self.entropy.below(n) as usize;
                 if self.nodes[i].up && self.controller.master != Some(i) {
@@ -747,7 +705,16 @@ impl SwitchSim {
                 let node = &mut self.nodes[i];
                 node.disk_full_until = node.disk_full_until.max(now + d);
             }
-            other => return Err(fail("simulator", format!("{other:?} is not scheduled"))),
+            other => {
+                let hold_max = self.p.config.housekeeping_interval();
+                let (e, t) = (&mut self.entropy, &mut self.trace);
+                if !self
+                    .net
+                    .inject_fault(other, link, n, hold_max, long, now, e, t)
+                {
+                    return Err(fail("simulator", format!("{other:?} is not scheduled")));
+                }
+            }
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use bytes::Buf;
 use rocketmq_ha::autoswitch::{
     self, BrokerId, EpochList, MasterEvent, Replica, Role, SyncStateSet, MAX_TIME_NOT_CAUGHT_UP,
+    SHRINK_PERIOD,
 };
 use rocketmq_ha::{Config, LogSource, MasterLoop, Traffic, Transmit};
 
@@ -78,6 +79,8 @@ pub(crate) struct AutoSwitchState {
     pub(crate) sync_state: SyncStateSet,
     /// The log's end as last seen, for changes that come without one (a disconnect).
     pub(crate) last_max: u64,
+    /// When the shrink check runs next (every [`SHRINK_PERIOD`], at the next event after).
+    next_shrink: Option<Instant>,
 }
 
 /// The shared state behind a lock, as connections hold it.
@@ -119,6 +122,7 @@ impl AutoSwitchState {
                 epochs,
                 sync_state,
                 last_max: log_max,
+                next_shrink: None,
             }),
             _ => unreachable!("become_master makes a master"),
         }
@@ -135,29 +139,12 @@ impl AutoSwitchState {
     ) -> Option<BrokerId> {
         self.last_max = self.last_max.max(master_max);
         let epoch_start = self.epochs.last().map_or(0, |e| e.start);
-        let mut introduced = None;
-        match *event {
-            MasterEvent::Handshake(hs) => {
-                self.sync_state.handle_connected(hs.broker_id);
-                introduced = Some(hs.broker_id);
-            }
-            MasterEvent::Acked {
-                broker_id,
-                offset,
-                learner,
-                last_transfer,
-            } => self.sync_state.handle_ack(
-                now,
-                broker_id,
-                offset,
-                learner,
-                last_transfer,
-                master_max,
-                epoch_start,
-            ),
-            MasterEvent::CaughtUp { broker_id } => self.sync_state.handle_caught_up(broker_id, now),
-            _ => {}
-        }
+        self.sync_state
+            .handle_event(now, event, master_max, epoch_start);
+        let introduced = match *event {
+            MasterEvent::Handshake(hs) => Some(hs.broker_id),
+            _ => None,
+        };
         self.settle(now, master_max);
         introduced
     }
@@ -169,7 +156,10 @@ impl AutoSwitchState {
     }
 
     fn settle(&mut self, now: Instant, master_max: u64) {
-        self.sync_state.shrink(now, MAX_TIME_NOT_CAUGHT_UP);
+        if self.next_shrink.is_none_or(|at| now >= at) {
+            self.sync_state.shrink(now, MAX_TIME_NOT_CAUGHT_UP);
+            self.next_shrink = Some(now + SHRINK_PERIOD);
+        }
         if let Some(proposal) = self.sync_state.poll_proposal() {
             tracing::info!(members = ?proposal, "sync-state set changes");
             self.sync_state.apply(proposal, master_max);
